@@ -1,0 +1,115 @@
+"""Override a script's UPPERCASE constants from config files and ``--KEY=value`` flags, type-checked.
+
+Usage at the top of a script, after its constants (the nanoGPT pattern, minus the ``exec`` of argv):
+
+    config = apply_overrides(globals(), sys.argv[1:])
+
+``python smart.py config/local.py --BETA=0.0 --REWARD_WEIGHTS="{'CE': 1.0}"`` first applies the assignments
+of ``config/local.py``, then each flag, left to right. A key the script does not define, or a value whose type
+differs from the constant's, is a ``ConfigError`` that names the key, the value and what was expected, so a
+typo fails before any model is loaded instead of being silently ignored.
+
+The expected type is the constant's annotation when it has one (``CHECKPOINT: str | None = None``), else the
+type of its default; an int is accepted where a float is expected.
+"""
+
+from __future__ import annotations
+
+import ast
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad override: unknown key, wrong type, unreadable config file."""
+
+
+def is_knob(name: str) -> bool:
+    """Script constants are the public UPPERCASE names."""
+    return name.isupper() and not name.startswith("_")
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    """isinstance() that also understands ``X | None``, ``dict[str, float]`` and int-for-float."""
+    if expected is Any:
+        return True
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(expected))
+    if origin is not None:
+        if not isinstance(value, origin):
+            return False
+        args = typing.get_args(expected)
+        if origin is dict and args:
+            return all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+        if origin in (list, tuple) and len(args) == 1:
+            return all(_matches(item, args[0]) for item in value)
+        return True
+    if expected is type(None):
+        return value is None
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _type_name(expected: Any) -> str:
+    return expected.__name__ if isinstance(expected, type) else str(expected)
+
+
+def _parse_flag_value(raw: str, expected: Any) -> Any:
+    """Read a flag's text as a Python literal; text that is not a literal is a string."""
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+    if _matches(raw, expected) and not _matches(value, expected):
+        return raw  # --SOUNDFONT=123 means the string "123" when the constant is a string
+    return value
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    """Execute a config file in an empty namespace and return its UPPERCASE assignments."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {path!r} does not exist (arguments are config files or --KEY=value)")
+    namespace: dict[str, Any] = {}
+    exec(compile(file.read_text(), str(file), "exec"), namespace)
+    return {key: value for key, value in namespace.items() if is_knob(key)}
+
+
+def apply_overrides(namespace: dict[str, Any], argv: list[str]) -> dict[str, Any]:
+    """Apply config files and ``--KEY=value`` flags to ``namespace`` in place; return the resolved knobs."""
+    annotations = namespace.get("__annotations__", {})
+    knobs = {key: value for key, value in namespace.items() if is_knob(key)}
+
+    def expected_type(key: str) -> Any:
+        return annotations.get(key, type(knobs[key]))
+
+    def set_knob(key: str, value: Any, source: str) -> None:
+        if key not in knobs:
+            close = [k for k in knobs if k.split("_")[0] == key.split("_")[0]] or sorted(knobs)[:8]
+            raise ConfigError(f"{source}: unknown setting {key!r}. Known settings include: {', '.join(close)}")
+        expected = expected_type(key)
+        if not _matches(value, expected):
+            raise ConfigError(
+                f"{source}: {key}={value!r} has type {type(value).__name__}, "
+                f"but {key} expects {_type_name(expected)} (default {knobs[key]!r})"
+            )
+        namespace[key] = knobs[key] = value
+
+    for arg in argv:
+        if arg.startswith("--"):
+            key, sep, raw = arg[2:].partition("=")
+            if not sep:
+                raise ConfigError(f"{arg}: flags must look like --KEY=value")
+            if key not in knobs:
+                set_knob(key, raw, arg)  # raises the unknown-key error
+            set_knob(key, _parse_flag_value(raw, expected_type(key)), arg)
+        else:
+            for key, value in _read_config_file(arg).items():
+                set_knob(key, value, arg)
+    return dict(knobs)

@@ -1,0 +1,86 @@
+"""The four prompt sources of the original SMART, as prompt strings of REMI token names.
+
+Prompts are strings (``"Bar_None TimeSig_6/8 Position_0 Tempo_100.0"``) because TRL 1.16 tokenizes prompt text
+with the processing class; ``midi_tokenizer.MidiTokBridge`` maps each name to its miditok id.
+
+- ``procedural``: Bar, random TimeSig, Position_0, random Tempo, then a random starting note (Pitch, Velocity,
+  Duration): 7 tokens, the public smart.py default.
+- ``procedural-no-starting-note``: the first 4 of those, the paper's main setting.
+- ``no prompt``: BOS alone.
+- ``dataset``: Bar, the first TimeSig and Tempo of a piece from a folder of MIDI files, Position_0.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import miditok
+import symusic
+
+PROMPT_SOURCES = ("procedural", "procedural-no-starting-note", "no prompt", "dataset")
+MIDI_SUFFIXES = (".mid", ".midi")
+
+
+def tokens_of_kind(remi: miditok.MusicTokenizer, kind: str) -> list[str]:
+    """All vocabulary entries of one REMI token type, e.g. every ``Tempo_*``."""
+    return [token for token in remi.vocab if token.startswith(kind + "_")]
+
+
+def _procedural(remi: miditok.MusicTokenizer, rng: random.Random, with_note: bool) -> list[str]:
+    tokens = ["Bar_None", rng.choice(tokens_of_kind(remi, "TimeSig")), "Position_0", rng.choice(tokens_of_kind(remi, "Tempo"))]
+    if with_note:
+        tokens += [rng.choice(tokens_of_kind(remi, kind)) for kind in ("Pitch", "Velocity", "Duration")]
+    return tokens
+
+
+def dataset_prompt_tokens(remi: miditok.MusicTokenizer, midi_path: Path) -> list[str]:
+    """Bar, first TimeSig, Position_0, first Tempo of a MIDI file, as the original's dataset prompts.
+
+    A piece with no time signature or tempo event gets REMI's defaults (4/4, 120 qpm), because miditok adds them
+    when it tokenizes such a file; a file miditok cannot read raises ``ValueError`` naming it.
+    """
+    try:
+        score = symusic.Score(str(midi_path))
+        tokens = remi.encode(score)
+    except Exception as error:  # miditok and symusic raise many types on corrupt files
+        raise ValueError(f"dataset prompt: cannot read MIDI file {midi_path}: {error}") from error
+    sequence = tokens[0].tokens if isinstance(tokens, list) else tokens.tokens
+    first = {kind: next((t for t in sequence if t.startswith(kind + "_")), None) for kind in ("TimeSig", "Tempo")}
+    if first["TimeSig"] is None or first["Tempo"] is None:
+        raise ValueError(f"dataset prompt: {midi_path} has no notes to take a time signature and tempo from")
+    return ["Bar_None", first["TimeSig"], "Position_0", first["Tempo"]]
+
+
+def list_midi_files(folder: str | Path) -> list[Path]:
+    """Every MIDI file below a folder, sorted so that a seed always picks the same pieces."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in MIDI_SUFFIXES)
+
+
+def build_prompts(
+    source: str, remi: miditok.MusicTokenizer, n: int, seed: int, midi_dir: str | None = None
+) -> list[str]:
+    """Make ``n`` prompt strings from one source, reproducibly for a given seed."""
+    rng = random.Random(seed)
+    if source == "procedural":
+        return [" ".join(_procedural(remi, rng, with_note=True)) for _ in range(n)]
+    if source == "procedural-no-starting-note":
+        return [" ".join(_procedural(remi, rng, with_note=False)) for _ in range(n)]
+    if source == "no prompt":
+        return ["BOS_None"] * n
+    if source == "dataset":
+        if not midi_dir:
+            raise ValueError("PROMPT_SOURCE='dataset' needs PROMPT_MIDI_DIR: a folder of MIDI files")
+        files = list_midi_files(midi_dir)
+        if not files:
+            raise ValueError(f"PROMPT_MIDI_DIR={midi_dir!r} holds no .mid/.midi files")
+        distinct: list[list[str]] = []
+        for path in files:
+            try:
+                distinct.append(dataset_prompt_tokens(remi, path))
+            except ValueError as error:
+                print(f"[prompts] skipped: {error}")
+        if not distinct:
+            raise ValueError(f"PROMPT_MIDI_DIR={midi_dir!r}: no file gave a prompt (see the skipped files above)")
+        return [" ".join(rng.choice(distinct)) for _ in range(n)]
+    raise ValueError(f"PROMPT_SOURCE={source!r} is not one of {PROMPT_SOURCES}")
