@@ -81,35 +81,39 @@ def _read_config_file(path: str) -> dict[str, Any]:
     return {key: value for key, value in namespace.items() if is_knob(key)}
 
 
-def apply_overrides(namespace: dict[str, Any], argv: list[str]) -> dict[str, Any]:
-    """Apply config files and ``--KEY=value`` flags to ``namespace`` in place; return the resolved knobs."""
+def apply_values(namespace: dict[str, Any], values: dict[str, Any], source: str) -> None:
+    """Set each of ``values`` in ``namespace`` after checking the key exists and the type matches its default."""
     annotations = namespace.get("__annotations__", {})
-    knobs = {key: value for key, value in namespace.items() if is_knob(key)}
-
-    def expected_type(key: str) -> Any:
-        return annotations.get(key, type(knobs[key]))
-
-    def set_knob(key: str, value: Any, source: str) -> None:
-        if key not in knobs:
-            close = [k for k in knobs if k.split("_")[0] == key.split("_")[0]] or sorted(knobs)[:8]
+    known = {key for key in namespace if is_knob(key)}
+    for key, value in values.items():
+        if key not in known:
+            close = [k for k in sorted(known) if k.split("_")[0] == key.split("_")[0]] or sorted(known)[:8]
             raise ConfigError(f"{source}: unknown setting {key!r}. Known settings include: {', '.join(close)}")
-        expected = expected_type(key)
+        expected = annotations.get(key, type(namespace[key]))
         if not _matches(value, expected):
             raise ConfigError(
                 f"{source}: {key}={value!r} has type {type(value).__name__}, "
-                f"but {key} expects {_type_name(expected)} (default {knobs[key]!r})"
+                f"but {key} expects {_type_name(expected)} (default {namespace[key]!r})"
             )
-        namespace[key] = knobs[key] = value
+        namespace[key] = value
 
+
+def parse_flag(namespace: dict[str, Any], arg: str) -> dict[str, Any]:
+    """``--KEY=value`` as {KEY: value}, the value read as the type the constant expects."""
+    key, sep, raw = arg[2:].partition("=")
+    if not sep:
+        raise ConfigError(f"{arg}: flags must look like --KEY=value")
+    if not is_knob(key) or key not in namespace:
+        return {key: raw}  # apply_values reports the unknown key
+    expected = namespace.get("__annotations__", {}).get(key, type(namespace[key]))
+    return {key: _parse_flag_value(raw, expected)}
+
+
+def apply_overrides(namespace: dict[str, Any], argv: list[str]) -> dict[str, Any]:
+    """Apply config files and ``--KEY=value`` flags to ``namespace`` in place; return the resolved knobs."""
     for arg in argv:
         if arg.startswith("--"):
-            key, sep, raw = arg[2:].partition("=")
-            if not sep:
-                raise ConfigError(f"{arg}: flags must look like --KEY=value")
-            if key not in knobs:
-                set_knob(key, raw, arg)  # raises the unknown-key error
-            set_knob(key, _parse_flag_value(raw, expected_type(key)), arg)
+            apply_values(namespace, parse_flag(namespace, arg), arg)
         else:
-            for key, value in _read_config_file(arg).items():
-                set_knob(key, value, arg)
-    return dict(knobs)
+            apply_values(namespace, _read_config_file(arg), arg)
+    return {key: value for key, value in namespace.items() if is_knob(key)}

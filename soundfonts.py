@@ -95,8 +95,8 @@ def resolve_soundfont(name_or_path: str) -> str:
         for file_name in candidates:
             if (folder / file_name).is_file():
                 return str(folder / file_name)
-    looked = "\n  ".join(str(folder / f) for folder in dirs for f in candidates)
+    looked = f"{', '.join(candidates)} in: {', '.join(str(folder) for folder in dirs)}"
     hint = spec.how_to_get if spec is not None else (
         f"pass an existing .sf2/.sf3 path or one of the names {', '.join(KNOWN_SOUNDFONTS)}"
     )
-    raise SoundfontNotFound(f"soundfont {name_or_path!r} not found. Looked for:\n  {looked}\nTo get it: {hint}")
+    raise SoundfontNotFound(f"soundfont {name_or_path!r} not found. Looked for {looked}. To get it: {hint}")

@@ -1,0 +1,254 @@
+"""Reward processors: each takes the batch's records (dicts) and returns them with fields added.
+
+The chain SMART runs per reward step is decode -> render -> score:
+
+    MidiTokToSymusicProcessor   adds sm, sm_duration, prompt_and_completion_tokens
+    TinySoundfontSynthProcessor adds audio (float32, shape (2, N)), sample_rate, audio_duration
+    AudioBoxAesRewardProcessor  adds aes_scores {CE, CU, PC, PQ} and normalized_rewards[axis] = score / 10
+
+A reward is any processor that writes ``record["normalized_rewards"][NAME]`` (a number in [0, 1]);
+``RewardManager`` combines them with ``REWARD_WEIGHTS``. Processors never raise on a bad record: a record
+they cannot handle gets a neutral value and a reason appended to ``record["errors"]``, which the manager
+logs, so one garbage completion cannot end a long run.
+
+Class names and constructor arguments are the original erl-j/SMART ones, so its README example still works.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import miditok
+import numpy as np
+import symusic
+import tinysoundfont
+import torch
+
+import features
+
+Record = dict[str, Any]
+AES_AXES = ("CE", "CU", "PC", "PQ")
+FLUSH_SECONDS = 4  # the original renders 4 s after sounds_off before each score, so voices fully decay
+
+
+def add_error(record: Record, message: str) -> None:
+    """Note why a record got a fallback value; the manager logs these in the step's parquet."""
+    record.setdefault("errors", []).append(message)
+
+
+def score_seconds(score: symusic.Score) -> float:
+    """The score's end in seconds (tempo-aware), 0 for an empty score."""
+    return float(score.to(symusic.TimeUnit.second).end())
+
+
+def crop_score(score: symusic.Score, max_beats: int) -> symusic.Score:
+    """Keep the first ``max_beats`` quarter notes, cutting notes that sound past the end (as the original)."""
+    return score.clip(0, max_beats * score.ticks_per_quarter, clip_end=True)
+
+
+class Processor:
+    """Base class: ``__call__(records) -> records`` with new fields added to every record, same order."""
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        raise NotImplementedError
+
+
+class MidiTokToSymusicProcessor(Processor):
+    """Decode ``prompt_and_completion`` token ids with a miditok tokenizer into a cropped ``symusic`` Score.
+
+    Ids outside the vocabulary are dropped (miditok raises ``KeyError`` on them) and any decode failure gives an
+    empty score; both are noted in ``record["errors"]``.
+    """
+
+    def __init__(self, tokenizer: miditok.MusicTokenizer, is_multitrack: bool, max_beats: int | None):
+        self.tokenizer = tokenizer
+        self.is_multitrack = is_multitrack
+        self.max_beats = max_beats
+
+    def decode(self, ids: list[int], record: Record) -> symusic.Score:
+        vocab_size = len(self.tokenizer)
+        valid = [i for i in ids if 0 <= i < vocab_size]
+        if len(valid) < len(ids):
+            add_error(record, f"decode: dropped {len(ids) - len(valid)} ids outside the vocabulary")
+        record["prompt_and_completion_tokens"] = self.tokenizer._ids_to_tokens(valid)
+        try:
+            tensor = torch.tensor(valid, dtype=torch.long)
+            return self.tokenizer(tensor if self.is_multitrack else tensor[None, ...])
+        except Exception as error:  # miditok raises assorted errors on ungrammatical streams
+            add_error(record, f"decode: {type(error).__name__}: {error}")
+            return symusic.Score(self.tokenizer.time_division)
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        for record in records:
+            ids = [int(i) for i in record["prompt_and_completion"]]
+            score = self.decode(ids, record)
+            if self.max_beats is not None:
+                score = crop_score(score, self.max_beats)
+            record["sm"] = score
+            record["sm_duration"] = score_seconds(score)
+        return records
+
+
+class TinySoundfontSynthProcessor(Processor):
+    """Render each record's score with TinySoundFont: stereo, at most ``max_duration_seconds``, peak-normalised.
+
+    Same audio as the original method, with less work: the MIDI goes to the sequencer from memory (no temp
+    file), and only ``min(score duration, max_duration_seconds)`` is synthesised instead of the whole cropped
+    score (up to 150 s at 40 BPM) before cutting. Before each score the previous sequencer is detached and the
+    synth flushed exactly as the original does, so a reused synth carries no state from one render to the next.
+    An empty score renders as 1 s of silence, as in the original.
+    """
+
+    def __init__(self, soundfont_path: str, sample_rate: int, max_duration_seconds: float = 10):
+        self.soundfont_path = soundfont_path
+        self.sample_rate = sample_rate
+        self.max_duration_seconds = max_duration_seconds
+        self.synth = tinysoundfont.Synth(samplerate=sample_rate)
+        self.synth.sfload(soundfont_path)
+
+    def _flush(self) -> None:
+        self.synth.notes_off()
+        self.synth.sounds_off()
+        self.synth.callback = None  # the previous score's sequencer must not play into this flush
+        self.synth.generate(FLUSH_SECONDS * self.sample_rate)
+
+    def render(self, score: symusic.Score, duration_seconds: float) -> np.ndarray:
+        """Audio of ``score`` as float32 of shape (2, samples), peak-normalised as x / (max|x| + 1e-6)."""
+        self._flush()
+        num_samples = int(self.sample_rate * min(duration_seconds, self.max_duration_seconds))
+        if num_samples <= 0:
+            return np.zeros((2, self.sample_rate), dtype=np.float32)
+        sequencer = tinysoundfont.Sequencer(self.synth)
+        sequencer.add(tinysoundfont.midi.load_memory(score.dumps_midi(), persistent=False))
+        block = np.frombuffer(bytes(self.synth.generate(num_samples)), dtype=np.float32)
+        stereo = np.stack([block[::2], block[1::2]])
+        return stereo / (np.abs(stereo).max() + np.float32(1e-6))
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        for record in records:
+            try:
+                record["audio"] = self.render(record["sm"], record["sm_duration"])
+            except Exception as error:  # a score the synth cannot play must not stop the run
+                add_error(record, f"render: {type(error).__name__}: {error}")
+                record["audio"] = np.zeros((2, self.sample_rate), dtype=np.float32)
+            record["sample_rate"] = self.sample_rate
+            record["audio_duration"] = record["audio"].shape[1] / self.sample_rate
+        return records
+
+
+class AudioBoxAesRewardProcessor(Processor):
+    """Meta Audiobox Aesthetics scores of the rendered audio: CE, CU, PC, PQ on a 1-10 scale, rewards = score/10.
+
+    ``checkpoint=None`` loads the hub checkpoint (needs a network or the HF cache); a local ``checkpoint.pt`` in
+    the format ``audiobox_aesthetics`` saves works offline. All of a step's clips go through one predictor call.
+    """
+
+    def __init__(self, checkpoint: str | None = None):
+        from audiobox_aesthetics.infer import initialize_predictor  # imports torchaudio; only when used
+
+        self.checkpoint = checkpoint
+        self.aes_predictor = initialize_predictor(ckpt=checkpoint)
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        inputs = [
+            {"path": torch.from_numpy(np.ascontiguousarray(r["audio"])).float(), "sample_rate": r["sample_rate"]}
+            for r in records
+        ]
+        with torch.inference_mode():
+            scores = self.aes_predictor.forward(inputs)
+        for record, score in zip(records, scores):
+            record["aes_scores"] = {axis: float(score[axis]) for axis in AES_AXES}
+            for axis in AES_AXES:
+                record["normalized_rewards"][axis] = record["aes_scores"][axis] / 10
+        return records
+
+
+class ScaleConsistencyReward(Processor):
+    """The original's symbolic reward: muspy's scale consistency (best in-scale note share over the 24 major
+    and minor scales). As in the original, a score with no pitched notes scores 1.0."""
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        for record in records:
+            value = features.scale_consistency(record["sm"])
+            record["scale_consistency"] = 1.0 if math.isnan(value) else value
+            record["normalized_rewards"]["scale_consistency"] = record["scale_consistency"]
+        return records
+
+
+class NoteDensityReward(Processor):
+    """Symbolic reward ``note_density``: notes per beat over the cropped score's first ``beats`` beats, divided
+    by ``target_notes_per_beat`` and capped at 1. No notes gives 0. It measures how busy the music is; the
+    paper observed tuned models write more notes, and this reward asks for that directly, without audio."""
+
+    def __init__(self, beats: int = 16, target_notes_per_beat: float = 2.0):
+        self.beats = beats
+        self.target_notes_per_beat = target_notes_per_beat
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        for record in records:
+            window = crop_score(record["sm"], self.beats)
+            density = features.note_count(window) / self.beats
+            record["normalized_rewards"]["note_density"] = min(density / self.target_notes_per_beat, 1.0)
+        return records
+
+
+class FilledBeatsReward(Processor):
+    """Symbolic reward ``filled_beats``: 1 - empty-beat rate (share of beats in which some note sounds).
+    A score with no notes gives 0. The paper saw SMART drive the empty-beat rate to zero."""
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        for record in records:
+            rate = features.empty_beat_rate(record["sm"])
+            record["normalized_rewards"]["filled_beats"] = 0.0 if math.isnan(rate) else 1.0 - rate
+        return records
+
+
+class AudioActivityReward(Processor):
+    """Audio reward ``audio_activity``: the share of a fixed ``window_seconds`` window in which the rendered
+    clip is audible, i.e. the fraction of 50 ms frames whose RMS is within ``threshold_db`` of the clip's
+    loudest frame. Frames past the clip's end count as silent, so a 1 s clip scores at most 1/10 of a 10 s
+    window. Silence gives 0; sound that never stops gives 1."""
+
+    def __init__(self, window_seconds: float = 10.0, frame_seconds: float = 0.05, threshold_db: float = -30.0):
+        self.window_seconds = window_seconds
+        self.frame_seconds = frame_seconds
+        self.threshold_db = threshold_db
+
+    def activity(self, audio: np.ndarray, sample_rate: int) -> float:
+        """Audible share of the window for one (channels, samples) clip."""
+        frame = max(1, int(self.frame_seconds * sample_rate))
+        window_frames = max(1, int(self.window_seconds * sample_rate) // frame)
+        mono = audio.mean(axis=0)[: window_frames * frame]
+        frames = mono[: len(mono) // frame * frame].reshape(-1, frame)
+        if frames.size == 0:
+            return 0.0
+        rms = np.sqrt((frames.astype(np.float64) ** 2).mean(axis=1))
+        peak = rms.max()
+        if not np.isfinite(peak) or peak <= 0:
+            return 0.0
+        audible = rms >= peak * 10 ** (self.threshold_db / 20)
+        return float(audible.sum() / window_frames)
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        for record in records:
+            record["normalized_rewards"]["audio_activity"] = self.activity(record["audio"], record["sample_rate"])
+        return records
+
+
+# Reward name -> the processor that writes it. smart.py builds its chain from REWARD_WEIGHTS through this
+# table; register a new reward here to make it usable from a config.
+REWARD_PROCESSORS: dict[str, type[Processor]] = {
+    **{axis: AudioBoxAesRewardProcessor for axis in AES_AXES},
+    "scale_consistency": ScaleConsistencyReward,
+    "note_density": NoteDensityReward,
+    "filled_beats": FilledBeatsReward,
+    "audio_activity": AudioActivityReward,
+}
+
+
+def reward_processors_for(reward_weights: dict[str, float], audiobox_checkpoint: str | None) -> list[Processor]:
+    """One processor per class that produces a weighted reward, in REWARD_PROCESSORS order."""
+    wanted = {REWARD_PROCESSORS[name] for name in reward_weights}
+    classes = [cls for cls in dict.fromkeys(REWARD_PROCESSORS.values()) if cls in wanted]
+    return [cls(audiobox_checkpoint) if cls is AudioBoxAesRewardProcessor else cls() for cls in classes]

@@ -1,0 +1,161 @@
+"""Turn a batch of completions into SMART rewards, and keep a record of every reward step on disk.
+
+``RewardManager`` is passed to TRL's ``GRPOTrainer`` as its reward function. For each batch it builds one record
+per completion, runs the processor chain, combines the normalised rewards into the reward TRL optimises
+(the weighted mean, as in the original), and writes per step:
+
+    rl_logs/<step>/logs.parquet     one row per completion: tokens, rewards, scores, durations, errors
+    midi/<step>/reward=<r>_<idx>.mid
+    audio/<step>/reward=<r>_<idx>.wav   every ``audio_save_interval`` steps
+
+With several processes each rank writes its own files (``logs.rank<k>.parquet``, ``rank<k>_reward=...``), so
+no file is written by two ranks. Means of every normalised reward and each processor's seconds go to the
+trainer's logs through TRL's ``log_metric`` (averaged over ranks by TRL).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile
+
+from processors import Processor, Record, add_error
+
+NOT_LOGGED = ("sm", "audio")  # too large for the parquet log; saved as MIDI and WAV instead
+
+
+class RewardManager:
+    """Run ``processors`` on each batch and return the weighted mean of the rewards named in ``reward_weights``."""
+
+    def __init__(
+        self,
+        processors: Sequence[Processor],
+        reward_weights: dict[str, float],
+        output_dir: str | Path,
+        audio_save_interval: int = 10,
+        start_step: int = 0,
+        process_index: int = 0,
+        num_processes: int = 1,
+    ):
+        if not reward_weights or sum(reward_weights.values()) == 0:
+            raise ValueError(f"reward_weights={reward_weights!r}: give at least one reward a non-zero weight")
+        self.processors = list(processors)
+        self.reward_weights = dict(reward_weights)
+        self.output_dir = Path(output_dir)
+        self.audio_save_interval = audio_save_interval
+        self.global_reward_step = start_step
+        self.process_index = process_index
+        self.num_processes = num_processes
+        self.__name__ = "RewardManager"  # TRL names the reward column after this
+
+    def reset(self) -> None:
+        self.global_reward_step = 0
+
+    def __call__(
+        self,
+        prompts: list[str],
+        completion_ids: list[list[int]],
+        prompt_ids: list[list[int]] | None = None,
+        log_metric: Callable[[str, float], None] | None = None,
+        return_records: bool = False,
+        **_: Any,
+    ) -> list[float] | list[Record]:
+        """TRL's reward-function interface. ``prompt_ids`` is a dataset column holding each prompt's token ids."""
+        if prompt_ids is None:
+            raise ValueError("RewardManager needs the dataset column 'prompt_ids' (each prompt's token ids)")
+        records = [
+            {
+                "idx": i,
+                "prompt": prompt,
+                "completion": [int(t) for t in completion],
+                "prompt_and_completion": [int(t) for t in ids] + [int(t) for t in completion],
+                "normalized_rewards": {},
+                "reward_step": self.global_reward_step,
+                "errors": [],
+            }
+            for i, (prompt, ids, completion) in enumerate(zip(prompts, prompt_ids, completion_ids))
+        ]
+        seconds = self.run_processors(records)
+        for record in records:
+            record["reward"] = self.total_reward(record)
+            record["reward_weights"] = self.reward_weights
+        if return_records:
+            return records
+        self.export_records(records)
+        if log_metric is not None:
+            self.log_step_metrics(records, seconds, log_metric)
+        self.global_reward_step += 1
+        return [record["reward"] for record in records]
+
+    def run_processors(self, records: list[Record]) -> dict[str, float]:
+        """Apply the chain in order; return each processor's wall time in seconds."""
+        seconds: dict[str, float] = {}
+        for processor in self.processors:
+            start = time.perf_counter()
+            processor(records)
+            seconds[type(processor).__name__] = time.perf_counter() - start
+        timing = ", ".join(f"{name} {s:.2f}s" for name, s in seconds.items())
+        print(f"[reward step {self.global_reward_step}] {timing}", flush=True)
+        return seconds
+
+    def total_reward(self, record: Record) -> float:
+        """Weighted mean of the record's normalised rewards; a missing or non-finite reward counts as 0, logged."""
+        total = 0.0
+        for name, weight in self.reward_weights.items():
+            value = record["normalized_rewards"].get(name)
+            if value is None or not math.isfinite(value):
+                add_error(record, f"reward {name!r} was {value!r}; counted as 0")
+                value = 0.0
+            elif not 0.0 <= value <= 1.0:
+                add_error(record, f"reward {name!r}={value} outside [0, 1]; clipped")
+                value = min(max(value, 0.0), 1.0)
+            total += weight * value
+        return total / sum(self.reward_weights.values())
+
+    def _name(self, stem: str) -> str:
+        return stem if self.num_processes == 1 else f"rank{self.process_index}_{stem}"
+
+    def export_records(self, records: list[Record]) -> None:
+        """Write the step's parquet log, every MIDI file and, every ``audio_save_interval`` steps, the audio."""
+        step = self.global_reward_step
+        log_dir = self.output_dir / "rl_logs" / str(step)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_name = "logs.parquet" if self.num_processes == 1 else f"logs.rank{self.process_index}.parquet"
+        rows = [
+            {**{key: value for key, value in record.items() if key not in NOT_LOGGED}, "errors": "; ".join(record["errors"])}
+            for record in records
+        ]
+        pq.write_table(pa.Table.from_pylist(rows), log_dir / log_name)
+
+        midi_dir = self.output_dir / "midi" / str(step)
+        midi_dir.mkdir(parents=True, exist_ok=True)
+        for record in records:
+            record["sm"].dump_midi(str(midi_dir / self._name(f"reward={record['reward']:.4f}_{record['idx']}.mid")))
+
+        if step % self.audio_save_interval == 0:
+            audio_dir = self.output_dir / "audio" / str(step)
+            audio_dir.mkdir(parents=True, exist_ok=True)
+            for record in records:
+                path = audio_dir / self._name(f"reward={record['reward']:.4f}_{record['idx']}.wav")
+                soundfile.write(path, np.asarray(record["audio"]).T, record["sample_rate"], subtype="PCM_16")
+
+    def log_step_metrics(
+        self, records: list[Record], seconds: dict[str, float], log_metric: Callable[[str, float], None]
+    ) -> None:
+        """Send per-reward means, per-processor seconds and the error count to the trainer's logs."""
+        names = sorted({name for record in records for name in record["normalized_rewards"]})
+        for name in names:
+            values = [r["normalized_rewards"][name] for r in records if name in r["normalized_rewards"]]
+            finite = [v for v in values if v is not None and math.isfinite(v)]
+            if finite:
+                log_metric(f"normalized_rewards/{name}", float(np.mean(finite)))
+        for processor, value in seconds.items():
+            log_metric(f"seconds/{processor}", value)
+        log_metric("reward_errors", float(sum(len(r["errors"]) > 0 for r in records)))

@@ -1,0 +1,243 @@
+"""SMART: tune a symbolic piano model with GRPO on an audio-domain aesthetic reward (Jonason, Casini, Sturm 2025).
+
+    python smart.py                                   # the paper's experiment (needs the hub and a GPU box)
+    python smart.py config/local.py                   # offline preset: shipped model, weight-free rewards, CPU
+    python smart.py config/local.py --BETA=0.0        # any constant below, type-checked
+    python smart.py --RESUME=artefacts/runs/<run>     # continue a stopped run from its last checkpoint
+
+Each step: prompts -> the policy samples NUM_GENERATIONS completions per prompt -> RewardManager decodes them
+to MIDI, renders audio, scores it -> TRL's GRPOTrainer updates the policy against the frozen base model.
+The defaults are the public erl-j/SMART values; the TRL settings reproduce the TRL 0.16 algorithm it ran on.
+"""
+
+import sys
+
+from configurator import ConfigError, apply_overrides
+
+# --- reproducibility ---------------------------------------------------------------------------------------------
+SEED = 1  # seed for prompts, sampling and training (the paper-era scripts used 0)
+# --- model ----------------------------------------------------------------------------------------------------
+BASE_MODEL_PATH = "lucacasini/metamidipianophi3_4L"  # hub id or local dir with config.json + miditok tokenizer.json
+TRUST_REMOTE_CODE = False  # run code shipped with a hub model; off unless you trust it
+# --- prompts --------------------------------------------------------------------------------------------------
+PROMPT_SOURCE = "procedural"  # procedural | procedural-no-starting-note (paper) | no prompt | dataset
+PROMPT_MIDI_DIR: str | None = None  # folder of MIDI files for PROMPT_SOURCE="dataset"
+NUM_PROMPTS: int | None = None  # prompts in the training set; None = NUM_TRAIN_STEPS*BATCH_SIZE/NUM_GENERATIONS*10
+# --- GRPO -----------------------------------------------------------------------------------------------------
+NUM_TRAIN_STEPS = 200  # optimizer steps
+BATCH_SIZE = 64  # completions per step and device (BATCH_SIZE / NUM_GENERATIONS prompts)
+NUM_GENERATIONS = 8  # completions per prompt: the group GRPO normalises rewards within
+LEARNING_RATE = 1e-4  # AdamW learning rate
+SCHEDULE_TYPE = "linear"  # learning-rate schedule (no warmup)
+BETA = 0.04  # KL penalty toward the base model; 0.0 gives the paper's "very over-optimized" run
+TEMPERATURE = 1.0  # sampling temperature
+TOP_K = 50  # top-k sampling (TRL 0.16 inherited transformers' 50; TRL 1.16 defaults to off)
+TOP_P = 1.0  # nucleus sampling (1.0 = off)
+NUM_ITERATIONS = 1  # policy updates per generated batch (1: pi_old = pi_theta)
+SCALE_REWARDS = True  # divide advantages by the group's reward std
+LOSS_TYPE = "bnpo"  # TRL 0.16's token-mean over the batch; "grpo" is the paper's written per-sequence mean
+GRADIENT_ACCUMULATION_STEPS = 1  # micro-batches per optimizer step
+USE_BF16 = True  # bf16 mixed precision on a GPU (ignored on CPU, where TRL refuses it)
+MAX_COMPLETION_LENGTH = 256  # tokens generated after the prompt
+# --- reward ---------------------------------------------------------------------------------------------------
+REWARD_WEIGHTS = {"CE": 1.0}  # reward name -> weight; reward = weighted mean (names: processors.REWARD_PROCESSORS)
+AUDIOBOX_CHECKPOINT: str | None = None  # None = facebook/audiobox-aesthetics from the hub; or a local checkpoint.pt
+SOUNDFONT = "musescore"  # soundfont name (see soundfonts/README.md) or path to a .sf2/.sf3
+SAMPLE_RATE = 48000  # render sample rate (Hz)
+MAX_BEATS = 100  # crop decoded MIDI to this many beats
+MAX_AUDIO_DURATION = 10  # seconds of audio rendered and scored (Audiobox's receptive field)
+# --- output ---------------------------------------------------------------------------------------------------
+OUTPUT_DIR: str | None = None  # run directory; None = a new, timestamped folder under artefacts/runs/
+SAVE_STEPS = 20  # checkpoint every this many steps
+AUDIO_SAVE_INTERVAL = 10  # save WAVs every this many reward steps (MIDI is saved every step)
+REPORT_TO = "none"  # "none", "wandb", "tensorboard", "trackio" (the logger must be installed)
+RESUME: str | None = None  # a run directory to continue from its last checkpoint, with its saved config
+
+config = {}
+if __name__ == "__main__":
+    try:
+        config = apply_overrides(globals(), sys.argv[1:])
+    except ConfigError as error:
+        sys.exit(f"smart.py: {error}")
+
+import json  # noqa: E402  (heavy imports come after the config is known to be valid)
+import os  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from accelerate import PartialState  # noqa: E402
+from accelerate.utils import broadcast_object_list  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+
+from configurator import apply_values  # noqa: E402
+from midi_tokenizer import load_tokenizers  # noqa: E402
+from preflight import check_config  # noqa: E402
+from processors import MidiTokToSymusicProcessor, TinySoundfontSynthProcessor, reward_processors_for  # noqa: E402
+from prompts import build_prompts  # noqa: E402
+from reward_manager import RewardManager  # noqa: E402
+from soundfonts import resolve_soundfont  # noqa: E402
+
+STEP_FOLDERS = ("rl_logs", "midi", "audio")
+RUN_CONFIG_FILE = "smart_config.json"  # the resolved constants (config.json is the model's)
+
+
+class StopOnSignal(TrainerCallback):
+    """On Ctrl-C / SIGTERM, finish the current step, save a checkpoint and stop, so the run can be resumed."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._request)
+
+    def _request(self, signum: int, _frame: object) -> None:
+        print(f"\n[smart] {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")
+        self.requested = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+def new_run_dir(config: dict) -> Path:
+    """A fresh run folder named after the model, prompts and beta; never one that exists."""
+    name = f"{Path(config['BASE_MODEL_PATH']).name}-{config['PROMPT_SOURCE'].replace(' ', '-')}-beta{config['BETA']}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path("artefacts/runs") / f"{name}-{stamp}"
+    suffix = 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = Path("artefacts/runs") / f"{name}-{stamp}-{suffix}"
+    return run_dir
+
+
+def archive_steps_after(run_dir: Path, first_stale_step: int) -> None:
+    """Move step folders that the resumed run will redo to interrupted/<time>/, so nothing is overwritten."""
+    archive = run_dir / "interrupted" / time.strftime("%Y%m%d-%H%M%S")
+    for folder in STEP_FOLDERS:
+        for step_dir in sorted((run_dir / folder).glob("*")):
+            if step_dir.name.isdigit() and int(step_dir.name) >= first_stale_step:
+                (archive / folder).mkdir(parents=True, exist_ok=True)
+                shutil.move(str(step_dir), archive / folder / step_dir.name)
+    if archive.exists():
+        print(f"[smart] steps from {first_stale_step} on were redone after the resume; the old ones are in {archive}")
+
+
+if __name__ == "__main__":
+    state = PartialState()
+    checkpoint = None
+    if RESUME is not None:
+        if len(sys.argv) > 2 or not sys.argv[1].startswith("--RESUME="):
+            sys.exit("smart.py: --RESUME continues a run with its saved config; give no other arguments")
+        saved = Path(RESUME) / RUN_CONFIG_FILE
+        if not saved.is_file():
+            sys.exit(f"smart.py: RESUME={RESUME!r} has no {RUN_CONFIG_FILE}; give a run directory made by smart.py")
+        values = {k: v for k, v in json.loads(saved.read_text())["config"].items() if k != "RESUME"}
+        apply_values(globals(), values, str(saved))
+        config = {**values, "RESUME": RESUME, "OUTPUT_DIR": RESUME}
+        OUTPUT_DIR = RESUME
+        checkpoint = get_last_checkpoint(RESUME)
+
+    problems = check_config(config, world_size=state.num_processes)
+    if problems:
+        sys.exit("smart.py: the config cannot run:\n- " + "\n- ".join(problems))
+
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        print("[smart] no GPU found: training in fp32 on the CPU (TRL refuses bf16 there); USE_BF16 is ignored")
+    random.seed(SEED)
+    np.random.seed(SEED)
+    torch.manual_seed(SEED)
+
+    if OUTPUT_DIR is None:
+        OUTPUT_DIR = str(broadcast_object_list([str(new_run_dir(config)) if state.is_main_process else None])[0])
+    elif RESUME is None and Path(OUTPUT_DIR).exists() and any(Path(OUTPUT_DIR).iterdir()):
+        sys.exit(f"smart.py: OUTPUT_DIR={OUTPUT_DIR!r} already holds a run; use --RESUME={OUTPUT_DIR} or a new dir")
+    run_dir = Path(OUTPUT_DIR)
+    start_step = 0
+    if checkpoint is not None:
+        start_step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"] // NUM_ITERATIONS
+    if state.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if RESUME is not None:
+            archive_steps_after(run_dir, start_step)
+        else:
+            (run_dir / RUN_CONFIG_FILE).write_text(json.dumps({"config": config}, indent=2))
+    state.wait_for_everyone()
+    print(f"[smart] run directory: {run_dir}" + (f" (resuming from {checkpoint})" if checkpoint else ""))
+
+    # --- prompts and the token bridge ---------------------------------------------------------------------------
+    remi, bridge = load_tokenizers(BASE_MODEL_PATH)
+    num_prompts = NUM_PROMPTS or NUM_TRAIN_STEPS * BATCH_SIZE // NUM_GENERATIONS * 10
+    prompts = build_prompts(PROMPT_SOURCE, remi, num_prompts, SEED, PROMPT_MIDI_DIR)
+    train_dataset = Dataset.from_dict({"prompt": prompts, "prompt_ids": bridge(prompts)["input_ids"]})
+
+    # --- the reward chain -----------------------------------------------------------------------------------------
+    reward_manager = RewardManager(
+        processors=[
+            MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=MAX_BEATS),
+            TinySoundfontSynthProcessor(resolve_soundfont(SOUNDFONT), SAMPLE_RATE, MAX_AUDIO_DURATION),
+            *reward_processors_for(REWARD_WEIGHTS, AUDIOBOX_CHECKPOINT),
+        ],
+        reward_weights=REWARD_WEIGHTS,
+        output_dir=run_dir,
+        audio_save_interval=AUDIO_SAVE_INTERVAL,
+        start_step=start_step,
+        process_index=state.process_index,
+        num_processes=state.num_processes,
+    )
+
+    # --- GRPO: every setting that differs between TRL 0.16 (the paper's runs) and 1.16 is set explicitly -------
+    if REPORT_TO == "wandb":
+        os.environ.setdefault("WANDB_PROJECT", "music-grpo")
+    training_args = GRPOConfig(
+        output_dir=str(run_dir),
+        max_steps=NUM_TRAIN_STEPS,
+        per_device_train_batch_size=BATCH_SIZE,
+        num_generations=NUM_GENERATIONS,
+        gradient_accumulation_steps=GRADIENT_ACCUMULATION_STEPS,
+        learning_rate=LEARNING_RATE,
+        lr_scheduler_type=SCHEDULE_TYPE,
+        beta=BETA,
+        loss_type=LOSS_TYPE,
+        use_bias_correction_kl=False,  # TRL 0.16: plain k3 KL estimator
+        scale_rewards="group" if SCALE_REWARDS else "none",
+        num_iterations=NUM_ITERATIONS,
+        temperature=TEMPERATURE,
+        top_k=TOP_K,
+        top_p=TOP_P,
+        max_completion_length=MAX_COMPLETION_LENGTH,
+        gradient_checkpointing=False,
+        bf16=USE_BF16 and on_gpu,
+        use_cpu=not on_gpu,
+        trust_remote_code=TRUST_REMOTE_CODE,
+        model_init_kwargs={"dtype": "auto" if on_gpu else "float32", "trust_remote_code": TRUST_REMOTE_CODE},
+        logging_steps=1,
+        save_steps=SAVE_STEPS,
+        report_to=REPORT_TO,
+        run_name=run_dir.name,
+        seed=SEED,
+    )
+    trainer = GRPOTrainer(
+        model=BASE_MODEL_PATH,
+        reward_funcs=reward_manager,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=bridge,
+        callbacks=[StopOnSignal()],
+    )
+    trainer.train(resume_from_checkpoint=checkpoint)
+    if trainer.state.global_step < NUM_TRAIN_STEPS:
+        print(f"[smart] stopped at step {trainer.state.global_step}; continue with: python smart.py --RESUME={run_dir}")
+        sys.exit(0)
+    trainer.save_model()  # the tuned model (and its tokenizer.json) in the run directory itself
+    print(f"[smart] done: tuned model and logs in {run_dir}")
