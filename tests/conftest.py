@@ -1,0 +1,34 @@
+"""Shared stand-ins, built once per test session in temp dirs (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from standins import make_audiobox_checkpoint, make_tiny_policy  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 1-layer Phi-3 with the project's tokenizer, saved like the hub model."""
+    return make_tiny_policy(tmp_path_factory.mktemp("policy"))
+
+
+@pytest.fixture(scope="session")
+def audiobox_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Audiobox Aesthetics checkpoint.pt in the format audiobox_aesthetics loads."""
+    return make_audiobox_checkpoint(tmp_path_factory.mktemp("audiobox") / "checkpoint.pt")
+
+
+@pytest.fixture(scope="session")
+def soundfont() -> str:
+    """The soundfont every install has (TimGM6mb.sf2 from the pretty_midi wheel)."""
+    from soundfonts import resolve_soundfont
+
+    return resolve_soundfont("timgm6mb")

@@ -1,0 +1,47 @@
+"""The four prompt sources."""
+
+import pytest
+
+from midi_tokenizer import default_remi
+from prompts import build_prompts
+from scores import make_score
+
+
+@pytest.fixture(scope="module")
+def remi():
+    return default_remi()
+
+
+def test_procedural_prompts_have_the_original_layout_and_are_seeded(remi):
+    prompts = build_prompts("procedural", remi, 50, seed=3)
+    for prompt in prompts:
+        tokens = prompt.split()
+        assert [t.split("_")[0] for t in tokens] == ["Bar", "TimeSig", "Position", "Tempo", "Pitch", "Velocity", "Duration"]
+        assert tokens[2] == "Position_0" and all(t in remi.vocab for t in tokens)
+    assert prompts == build_prompts("procedural", remi, 50, seed=3)
+    assert len(set(prompts)) > 40 and prompts != build_prompts("procedural", remi, 50, seed=4)
+
+
+def test_paper_prompts_have_no_starting_note(remi):
+    for prompt in build_prompts("procedural-no-starting-note", remi, 10, seed=0):
+        assert [t.split("_")[0] for t in prompt.split()] == ["Bar", "TimeSig", "Position", "Tempo"]
+    assert build_prompts("no prompt", remi, 3, seed=0) == ["BOS_None"] * 3
+
+
+def test_dataset_prompts_take_the_first_time_signature_and_tempo(remi, tmp_path):
+    score = make_score([(0, 1, 60, 80), (1, 1, 64, 80)], qpm=90)
+    score.time_signatures[0] = type(score.time_signatures[0])(0, 3, 4)
+    score.dump_midi(str(tmp_path / "a.mid"))
+    (tmp_path / "broken.mid").write_bytes(b"not midi")
+    prompts = build_prompts("dataset", remi, 4, seed=0, midi_dir=str(tmp_path))
+    tokens = prompts[0].split()
+    assert tokens[0] == "Bar_None" and tokens[1] == "TimeSig_3/4" and tokens[2] == "Position_0"
+    assert tokens[3].startswith("Tempo_") and abs(float(tokens[3].split("_")[1]) - 90) < 3.5
+    assert len(prompts) == 4
+
+
+def test_bad_sources_are_clear_errors(remi, tmp_path):
+    with pytest.raises(ValueError, match="not one of"):
+        build_prompts("random", remi, 1, seed=0)
+    with pytest.raises(ValueError, match="holds no .mid"):
+        build_prompts("dataset", remi, 1, seed=0, midi_dir=str(tmp_path))
