@@ -1,0 +1,23 @@
+# Two commands take a fresh machine from nothing to a result:
+#   make test    set up .venv and run the test suite
+#   make local   set up .venv and run the offline SMART preset (python smart.py config/local.py)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test local
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+local: setup
+	$(PY) smart.py config/local.py
