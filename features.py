@@ -2,10 +2,11 @@
 
 The paper (paper.md §2.2) read each generated MIDI file with ``muspy.read_midi`` and called muspy's metrics. muspy
 is not a dependency here, so this module recomputes the same numbers from a ``symusic.Score``, following
-muspy 0.5's ``muspy/metrics/metrics.py`` line by line where the paper used it. Like ``muspy.read_midi``, every
-time-based feature works in the score's own ticks (the MIDI file's ticks per quarter note): scores in quarters or
-seconds are converted to ticks first, and one "beat" is one quarter note (muspy's ``resolution``), whatever the
-time signature.
+muspy 0.5's ``muspy/metrics/metrics.py`` where the paper used it (checked against muspy 0.5.0 itself on 300
+random MIDI files at 12-480 ticks per quarter, drums included: identical values for every file with notes).
+Like ``muspy.read_midi``, every time-based feature works in the score's own ticks (the MIDI file's ticks per
+quarter note): scores in quarters or seconds are converted to ticks first, and one "beat" is one quarter note
+(muspy's ``resolution``), whatever the time signature.
 
 Every feature is a function ``(score) -> float`` and is defined on an empty score (no tracks or no notes):
 ``note_count`` is 0 there; every other feature returns ``math.nan`` because it has no meaning without notes (the

@@ -1,0 +1,430 @@
+"""Compare systems on the same prompts and seeds: the paper's measurements (paper.md §2) and the ones it lacked.
+
+    python evaluate.py artefacts/runs/<run> --out eval/           # base model vs the run's tuned model
+    python evaluate.py base=models/piano-tiny tuned=artefacts/runs/<run>/checkpoint-100 --out eval/
+    python evaluate.py samples/a samples/b --out eval/              # two folders of MIDI files (any generator)
+    python evaluate.py <run> --out eval/ --audiobox checkpoint.pt --rewards note_density audio_activity \\
+        --soundfont musescore --robustness-soundfonts fluidr3 timgm6mb
+
+A system is ``[NAME=]PATH``: a model directory or ``checkpoint-<step>`` folder (pieces are sampled with
+generate.py, the same prompts and seed for every model), a SMART run folder (its tuned model, or its latest
+checkpoint), or a folder of MIDI files (used as they are; a ``samples.csv`` from generate.py supplies prompts).
+A run folder given alone is compared with the base model named in its config.json, and its reward logs are
+plotted. The first system is the reference the others are compared against.
+
+Per sample: the paper's MIDI features (features.py, muspy's definitions), the four Audiobox axes when a checkpoint
+is given, and any named reward processor (processors.REWARD_PROCESSORS). Per system: diversity and the average
+piano roll. With held-out soundfonts, the same MIDI is re-rendered and the change in every audio-domain score
+reported. Everything lands in ``--out``: features.csv, summary.md, figures/, audio/ and report.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import symusic
+from tqdm import tqdm
+from transformers.trainer_utils import get_last_checkpoint
+
+import features
+from generate import (
+    GenerationSettings, add_generation_arguments, generate_pieces, has_weights, is_hub_id, read_samples_csv,
+    resolve_model_dir, settings_from_arguments, write_wav,
+)
+from processors import (
+    AES_AXES, AudioBoxAesRewardProcessor, Processor, REWARD_PROCESSORS, TinySoundfontSynthProcessor, crop_score,
+    reward_processors_for, score_seconds,
+)
+from prompts import list_midi_files
+from report import Evaluation, write_report
+from soundfonts import KNOWN_SOUNDFONTS, SoundfontNotFound, resolve_soundfont
+
+SAMPLE_RATE = 48000  # what the renderer produces in training and Audiobox is fed
+MAX_AUDIO_SECONDS = 10
+CHUNK = 8  # clips rendered and scored at once: bounds memory (a 10 s clip is 3.8 MB) and Audiobox's batch
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Systems
+
+
+def is_run_dir(folder: Path) -> bool:
+    """A SMART run folder: reward logs or HF checkpoints inside."""
+    return (folder / "rl_logs").is_dir() or (folder.is_dir() and get_last_checkpoint(str(folder)) is not None)
+
+
+def base_model_of(run_dir: Path) -> str:
+    """The BASE_MODEL_PATH a run was tuned from, as smart.py saved it in the run's config.json."""
+    try:
+        return json.loads((run_dir / "config.json").read_text())["config"]["BASE_MODEL_PATH"]
+    except (OSError, KeyError, json.JSONDecodeError) as error:
+        raise ValueError(f"{run_dir}/config.json does not name the base model ({error!r}); "
+                         f"give it explicitly: evaluate.py base=MODEL tuned={run_dir}") from error
+
+
+def slug(name: str) -> str:
+    """A system name that is safe as a folder name and in a URL."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "system"
+
+
+def parse_systems(specs: Sequence[str]) -> tuple[dict[str, str], Path | None]:
+    """``[NAME=]PATH`` arguments -> ordered name -> path, and the run folder whose logs to plot (if any).
+
+    A single run folder expands to its base model ("base") and its tuned model ("tuned").
+    """
+    systems: dict[str, str] = {}
+    run_dir = None
+    for spec in specs:
+        name, path = split_spec(spec)
+        folder = Path(path)
+        if not folder.exists() and not is_hub_id(path):
+            raise FileNotFoundError(f"system {spec!r}: {path} does not exist")
+        if run_dir is None and is_run_dir(folder):
+            run_dir = folder
+        name = slug(name or folder.resolve().name)
+        while name in systems:
+            name += "_"
+        systems[name] = path
+    if len(specs) == 1 and run_dir is not None and not split_spec(specs[0])[0]:
+        systems = {"base": base_model_of(run_dir), "tuned": specs[0]}
+    return systems, run_dir
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``NAME=PATH`` -> (NAME, PATH); a bare path (which may itself contain "=") -> ("", PATH)."""
+    name, sep, path = spec.partition("=")
+    return (name, path) if sep and "/" not in name else ("", spec)
+
+
+def is_model(source: str) -> bool:
+    """Whether a system's samples must be generated (a model, checkpoint, run or hub id) or are MIDI files."""
+    folder = Path(source)
+    return has_weights(folder) or is_run_dir(folder) or not folder.is_dir()
+
+
+def sample_folder(name: str, source: str, out: Path, settings: GenerationSettings, device: str | None) -> Path:
+    """The folder of MIDI files of a system: the folder itself, or pieces sampled now from a model."""
+    if not is_model(source):
+        return Path(source)
+    model = resolve_model_dir(source)
+    print(f"[evaluate] {name}: sampling {settings.n} pieces from {model}")
+    generate_pieces(model, out / "samples" / name, settings, device=device)
+    return out / "samples" / name
+
+
+def describe(source: str) -> str:
+    """What a system's samples come from, for the report."""
+    return f"sampled from model {resolve_model_dir(source)}" if is_model(source) else f"MIDI files in {source}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MIDI
+
+
+def read_system(name: str, folder: Path, max_beats: int | None) -> tuple[list[dict], list[symusic.Score]]:
+    """Every readable MIDI file of a folder as a features.csv row and a score (unreadable files are reported)."""
+    prompts = read_samples_csv(folder)
+    rows, scores = [], []
+    for path in tqdm(list_midi_files(folder), desc=f"{name}: MIDI features", unit="file", leave=False):
+        try:
+            score = symusic.Score(str(path))
+        except Exception as error:  # symusic raises several types on corrupt files
+            print(f"[evaluate] {name}: skipped unreadable {path}: {error}")
+            continue
+        if max_beats is not None:
+            score = crop_score(score, max_beats)
+        sample = str(path.relative_to(folder))
+        rows.append({"system": name, "sample": sample, "prompt": prompts.get(sample, ""), "midi_path": str(path),
+                     "audio_file": "", **features.compute_features(score)})
+        scores.append(score)
+    if not scores:
+        raise ValueError(f"system {name}: no readable MIDI file in {folder}")
+    return rows, scores
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Audio
+
+
+def load_audiobox(checkpoint: str | None) -> tuple[Processor | None, str | None]:
+    """The Audiobox scorer, or None and the reason it is skipped (never invented numbers)."""
+    if checkpoint is None:
+        return None, ("no checkpoint given: pass --audiobox PATH (a checkpoint.pt) or --audiobox hub "
+                      "(downloads facebook/audiobox-aesthetics, needs a network)")
+    if checkpoint != "hub" and not Path(checkpoint).is_file():
+        return None, f"checkpoint {checkpoint} does not exist"
+    try:
+        return AudioBoxAesRewardProcessor(None if checkpoint == "hub" else checkpoint), None
+    except Exception as error:  # hub/network/format errors all mean the same here: no scores
+        return None, f"loading checkpoint {checkpoint!r} failed: {type(error).__name__}: {error}"
+
+
+def named_reward_processors(names: Sequence[str]) -> list[Processor]:
+    """Processors for the rewards the user named; Audiobox axes are excluded (they are the CE..PQ columns)."""
+    unknown = [n for n in names if n not in REWARD_PROCESSORS]
+    if unknown:
+        raise ValueError(f"unknown reward(s) {unknown}; known: {', '.join(REWARD_PROCESSORS)}")
+    return reward_processors_for({n: 1.0 for n in names if n not in AES_AXES}, None)
+
+
+def audio_scores(
+    scores: list[symusic.Score], synth: TinySoundfontSynthProcessor, scorers: list[Processor], keep: int, desc: str
+) -> tuple[list[dict[str, float]], list[np.ndarray]]:
+    """Render each score and run the scorers; return per-score audio-domain values and the first ``keep`` clips.
+
+    Works in chunks so that memory stays flat however many samples there are.
+    """
+    values, kept = [], []
+    for start in tqdm(range(0, len(scores), CHUNK), desc=desc, unit="chunk", leave=False):
+        records = [{"idx": i, "sm": s, "sm_duration": score_seconds(s), "normalized_rewards": {}}
+                   for i, s in enumerate(scores[start : start + CHUNK], start)]
+        synth(records)
+        for scorer in scorers:
+            scorer(records)
+        for record in records:
+            rewards = {f"reward_{k}": v for k, v in record["normalized_rewards"].items() if k not in AES_AXES}
+            values.append({**record.get("aes_scores", {}), **rewards})
+            if record["idx"] < keep:
+                kept.append(record["audio"])
+    return values, kept
+
+
+def soundfont_label(name_or_path: str) -> str:
+    return name_or_path if name_or_path.lower() in KNOWN_SOUNDFONTS else Path(name_or_path).stem
+
+
+def held_out_soundfonts(requested: Sequence[str] | None, main_path: str) -> dict[str, str]:
+    """label -> path of the soundfonts to re-render with; ``None`` = every known soundfont found on this machine.
+
+    Soundfonts the user named must exist (raises SoundfontNotFound); the main soundfont is never repeated.
+    """
+    if requested is None:
+        found = {}
+        for name in KNOWN_SOUNDFONTS:
+            try:
+                found[name] = resolve_soundfont(name)
+            except SoundfontNotFound:
+                continue
+    else:
+        found = {soundfont_label(name): resolve_soundfont(name) for name in requested}
+    main = os.path.realpath(main_path)
+    return {label: path for label, path in found.items() if os.path.realpath(path) != main}
+
+
+def robustness_rows(
+    table: pd.DataFrame, scores: Mapping[str, list[symusic.Score]], main_label: str, others: Mapping[str, str],
+    scorers: list[Processor], audio_metrics: list[str],
+) -> pd.DataFrame:
+    """Long table (system, sample, soundfont, metric, value): the main scores and each re-rendering's."""
+    rows = [{"system": r.system, "sample": r.sample, "soundfont": main_label, "metric": m, "value": getattr(r, m)}
+            for r in table.itertuples() for m in audio_metrics]
+    for label, path in others.items():
+        synth = TinySoundfontSynthProcessor(path, SAMPLE_RATE, MAX_AUDIO_SECONDS)
+        for system, system_scores in scores.items():
+            values, _ = audio_scores(system_scores, synth, scorers, 0, f"{system}: {label}")
+            samples = table.loc[table.system == system, "sample"]
+            rows += [{"system": system, "sample": s, "soundfont": label, "metric": m, "value": v.get(m, np.nan)}
+                     for s, v in zip(samples, values) for m in audio_metrics]
+    return pd.DataFrame(rows, columns=["system", "sample", "soundfont", "metric", "value"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training logs
+
+
+def read_run_logs(run_dir: Path) -> pd.DataFrame | None:
+    """Every training sample's reward_step, reward and normalised rewards (one column each) from rl_logs/."""
+    files = sorted(run_dir.glob("rl_logs/*/logs*.parquet"))
+    if not files:
+        return None
+    logs = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    per_reward = pd.DataFrame([r if isinstance(r, dict) else {} for r in logs.get("normalized_rewards", [])])
+    return pd.concat([logs[["reward_step", "reward"]], per_reward], axis=1).sort_values("reward_step")
+
+
+def read_trainer_log(run_dir: Path) -> pd.DataFrame | None:
+    """The trainer's log history (loss, kl, reward per optimizer step) from the latest checkpoint."""
+    last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    state = Path(last or run_dir) / "trainer_state.json"
+    if not state.is_file():
+        return None
+    return pd.DataFrame(json.loads(state.read_text()).get("log_history", []))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole evaluation
+
+
+def evaluate_systems(
+    systems: Mapping[str, str | Path],
+    out_dir: str | Path,
+    *,
+    generation: GenerationSettings = GenerationSettings(),
+    soundfont: str | None = "timgm6mb",
+    robustness_soundfonts: Sequence[str] | None = (),
+    audiobox: str | None = None,
+    reward_names: Sequence[str] = (),
+    run_dir: str | Path | None = None,
+    listen: int = 8,
+    max_beats: int | None = None,
+    permutations: int = 10_000,
+    device: str | None = None,
+) -> Path:
+    """Evaluate systems side by side and write the report folder; return the path of its report.html.
+
+    systems: name -> model directory, checkpoint, run folder or MIDI folder; the first is the reference.
+    generation: how pieces are sampled from the model systems (same prompts and seed for all of them).
+    soundfont: renderer for the audio-domain scores and the listening clips; None = no audio at all.
+    robustness_soundfonts: held-out soundfonts to re-render with; None = every known one found here, () = none.
+    audiobox: a checkpoint.pt path, "hub", or None (the CE/CU/PC/PQ columns are then skipped, with the reason).
+    reward_names: entries of processors.REWARD_PROCESSORS to compute per sample as reward_<name> columns.
+    run_dir: a SMART run whose reward logs and KL to plot.
+    listen: how many samples per system get a WAV and an audio player in report.html.
+    max_beats: crop MIDI-folder pieces to this many beats (generated pieces are already cropped as in training).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reward_scorers = named_reward_processors(reward_names)
+    skipped: dict[str, str] = {}
+    folders = {name: sample_folder(name, str(source), out, generation, device) for name, source in systems.items()}
+    rows, scores = [], {}
+    for name, folder in folders.items():
+        system_rows, scores[name] = read_system(name, folder, max_beats)
+        rows += system_rows
+    table = pd.DataFrame(rows)
+
+    robustness = None
+    main_label = soundfont_label(soundfont) if soundfont else None
+    if soundfont is None:
+        skipped["audio"] = "no soundfont given: no rendering, no Audiobox scores, no audio rewards, no players"
+    else:
+        main_path = resolve_soundfont(soundfont)
+        aes, why_not = load_audiobox(audiobox)
+        if why_not:
+            skipped["Audiobox aesthetics (CE, CU, PC, PQ)"] = why_not
+        scorers = ([aes] if aes else []) + reward_scorers
+        table = add_audio_scores(table, scores, out, main_path, scorers, listen)
+        audio_metrics = [c for c in table.columns if c in AES_AXES or c.startswith("reward_")]
+        others = held_out_soundfonts(robustness_soundfonts, main_path)
+        if not audio_metrics:
+            skipped["soundfont robustness"] = "no audio-domain score to compare (no Audiobox, no reward named)"
+        elif not others:
+            skipped["soundfont robustness"] = ("no held-out soundfont: name some with --robustness-soundfonts "
+                                               "(apt-get install fluid-soundfont-gm musescore-general-soundfont)")
+        else:
+            robustness = robustness_rows(table, scores, main_label, others, scorers, audio_metrics)
+
+    run = Path(run_dir) if run_dir is not None else None
+    if run is None:
+        skipped["training curves"] = "no run folder given"
+    evaluation = Evaluation(
+        table=table, scores=scores, sources={name: describe(str(source)) for name, source in systems.items()},
+        settings=report_settings(generation if any(map(is_model, map(str, systems.values()))) else None,
+                                 soundfont, robustness, max_beats),
+        skipped=skipped,
+        robustness=robustness, main_soundfont=main_label,
+        run_logs=read_run_logs(run) if run else None, trainer_log=read_trainer_log(run) if run else None,
+    )
+    return write_report(evaluation, out, permutations)
+
+
+def evaluate_run(
+    run_dir: str | Path, config: Mapping[str, Any], n: int = 32, out_dir: str | Path | None = None, **overrides: Any
+) -> Path:
+    """smart.py's end-of-training report: the run's base model vs its tuned model, scored as it was trained.
+
+    ``config`` is smart.py's resolved constants (BASE_MODEL_PATH, PROMPT_SOURCE, SOUNDFONT, REWARD_WEIGHTS, ...).
+    Both models answer ``n`` prompts drawn with seed SEED + 1, so they are not the first training prompts. The
+    Audiobox axes are scored when the run optimised one of them (with its checkpoint, or the hub's); every
+    other reward of REWARD_WEIGHTS becomes a reward_<name> column. Writes ``<run>/eval`` unless ``out_dir``;
+    ``overrides`` go to ``evaluate_systems`` (e.g. ``robustness_soundfonts=None`` to try every soundfont found).
+    """
+    run = Path(run_dir)
+    generation = GenerationSettings(
+        n=n, prompt_source=config["PROMPT_SOURCE"], prompt_midi_dir=config["PROMPT_MIDI_DIR"], seed=config["SEED"] + 1,
+        max_new_tokens=config["MAX_COMPLETION_LENGTH"], temperature=config["TEMPERATURE"], top_k=config["TOP_K"],
+        top_p=config["TOP_P"], max_beats=config["MAX_BEATS"],
+    )
+    uses_audiobox = any(name in AES_AXES for name in config["REWARD_WEIGHTS"])
+    options = dict(
+        generation=generation, soundfont=config["SOUNDFONT"], run_dir=run,
+        audiobox=(config["AUDIOBOX_CHECKPOINT"] or "hub") if uses_audiobox else None,
+        reward_names=[name for name in config["REWARD_WEIGHTS"] if name not in AES_AXES],
+    )
+    systems = {"base": config["BASE_MODEL_PATH"], "tuned": str(run)}
+    return evaluate_systems(systems, out_dir or run / "eval", **{**options, **overrides})
+
+
+def add_audio_scores(
+    table: pd.DataFrame, scores: Mapping[str, list[symusic.Score]], out: Path, soundfont_path: str,
+    scorers: list[Processor], listen: int,
+) -> pd.DataFrame:
+    """Render every sample once with the main soundfont: audio-domain columns, and WAVs for the first ``listen``."""
+    synth = TinySoundfontSynthProcessor(soundfont_path, SAMPLE_RATE, MAX_AUDIO_SECONDS)
+    parts = []
+    for system, system_scores in scores.items():
+        rows = table[table.system == system].reset_index(drop=True)
+        values, clips = audio_scores(system_scores, synth, scorers, listen, f"{system}: audio")
+        (out / "audio" / system).mkdir(parents=True, exist_ok=True)
+        for k, clip in enumerate(clips):
+            relative = f"audio/{system}/{k:04d}_{slug(Path(rows.at[k, 'sample']).stem)}.wav"
+            write_wav(out / relative, clip, SAMPLE_RATE)
+            rows.at[k, "audio_file"] = relative
+        parts.append(pd.concat([rows, pd.DataFrame(values, index=rows.index)], axis=1))
+    return pd.concat(parts, ignore_index=True)
+
+
+def report_settings(
+    generation: GenerationSettings | None, soundfont: str | None, robustness: pd.DataFrame | None, max_beats: int | None
+) -> dict[str, str]:
+    """The lines at the top of the report that say how samples were made and scored."""
+    settings = {"soundfont": str(soundfont)}
+    if generation is not None:
+        g = generation
+        settings["sampling (model systems)"] = (
+            f"{g.n} pieces, prompts {g.prompt_source!r}, seed {g.seed}, {g.max_new_tokens} new tokens, "
+            f"temperature {g.temperature}, top-k {g.top_k}, top-p {g.top_p}, cropped to {g.max_beats} beats")
+    if robustness is not None:
+        settings["held-out soundfonts"] = ", ".join(sorted(set(robustness.soundfont) - {soundfont_label(soundfont)}))
+    if max_beats is not None:
+        settings["MIDI folders cropped to"] = f"{max_beats} beats"
+    return settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("systems", nargs="+", help="[NAME=]PATH: model, checkpoint, run folder or MIDI folder")
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--run", default=None, help="run folder whose training curves to plot (default: the run given)")
+    parser.add_argument("--soundfont", default="timgm6mb", help="soundfont for audio scores and players ('none' = no audio)")
+    parser.add_argument("--robustness-soundfonts", nargs="*", default=None,
+                        help="held-out soundfonts to re-render with (default: all known ones found; give none to skip)")
+    parser.add_argument("--audiobox", default=None, help="Audiobox checkpoint.pt, or 'hub'; without it CE..PQ are skipped")
+    parser.add_argument("--rewards", nargs="*", default=[], help=f"reward processors to compute: {', '.join(REWARD_PROCESSORS)}")
+    parser.add_argument("--listen", type=int, default=8, help="samples per system with an audio player (default 8)")
+    parser.add_argument("--crop-beats", type=int, default=None, help="crop MIDI-folder pieces to this many beats")
+    parser.add_argument("--permutations", type=int, default=10_000, help="relabellings in the permutation tests")
+    parser.add_argument("--device", default=None, help="torch device for sampling (default: cuda if available)")
+    add_generation_arguments(parser)
+    args = parser.parse_args()
+    systems, found_run = parse_systems(args.systems)
+    report = evaluate_systems(
+        systems, args.out, generation=settings_from_arguments(args),
+        soundfont=None if args.soundfont.lower() == "none" else args.soundfont,
+        robustness_soundfonts=args.robustness_soundfonts, audiobox=args.audiobox, reward_names=args.rewards,
+        run_dir=args.run or found_run, listen=args.listen, max_beats=args.crop_beats,
+        permutations=args.permutations, device=args.device,
+    )
+    print(f"[evaluate] report: {report}")
+
+
+if __name__ == "__main__":
+    main()

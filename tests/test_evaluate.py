@@ -1,0 +1,205 @@
+"""evaluate.py and report.py on hand-made MIDI folders, a tiny random model and a fake run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import symusic
+
+import evaluate
+from features import FEATURES
+from generate import GenerationSettings
+from report import holm, permutation_p_value
+from soundfonts import resolve_soundfont
+from test_generate import save_tiny_model
+
+PAPER_COLUMNS = list(FEATURES)
+
+
+def write_folder(folder: Path, voices: int, count: int = 6, seed: int = 0) -> Path:
+    """``count`` 20-beat piano pieces with ``voices`` notes per beat (1 = monophonic, 3 = triads)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for k in range(count):
+        score = symusic.Score(24)
+        track = symusic.Track("piano", 0, False)
+        for beat in range(20):
+            for pitch in rng.choice(np.arange(48, 84), size=voices, replace=False):
+                track.notes.append(symusic.Note(beat * 24, 24, int(pitch), int(rng.integers(30, 120))))
+        score.tracks.append(track)
+        score.dump_midi(str(folder / f"piece{k}.mid"))
+    return folder
+
+
+def linked_files(report: Path) -> list[str]:
+    """Every src= and href= target in report.html."""
+    return re.findall(r'(?:src|href)="([^"]+)"', report.read_text())
+
+
+class FakeAudiobox:
+    """Stands in for AudioBoxAesRewardProcessor: scores grow with the number of notes, so systems differ."""
+
+    def __init__(self, checkpoint):
+        pass
+
+    def __call__(self, records):
+        for record in records:
+            level = 1 + min(record["sm"].note_num(), 80) / 10
+            record["aes_scores"] = {axis: level for axis in ("CE", "CU", "PC", "PQ")}
+            record["normalized_rewards"].update({axis: level / 10 for axis in ("CE", "CU", "PC", "PQ")})
+        return records
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("midi")
+    return write_folder(root / "mono", voices=1), write_folder(root / "triads", voices=3, seed=1)
+
+
+@pytest.fixture(scope="module")
+def cli_output(folders, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``python evaluate.py DIR_A DIR_B --out OUT`` (in-process, so it counts toward coverage and runs fast)."""
+    out = tmp_path_factory.mktemp("eval") / "out"
+    argv = ["evaluate.py", str(folders[0]), str(folders[1]), "--out", str(out), "--listen", "3", "--permutations", "999"]
+    original, sys.argv = sys.argv, argv
+    try:
+        evaluate.main()
+    finally:
+        sys.argv = original
+    return out
+
+
+def test_features_csv_has_a_row_per_sample_and_the_papers_columns(cli_output: Path):
+    table = pd.read_csv(cli_output / "features.csv", keep_default_na=False)
+    assert {"system", "sample", "prompt", *PAPER_COLUMNS} <= set(table.columns)
+    assert list(table.system) == ["mono"] * 6 + ["triads"] * 6
+    assert list(table["sample"]) == [f"piece{k}.mid" for k in range(6)] * 2
+    assert (table.loc[table.system == "mono", "polyphony_rate"] == 0).all()
+    assert (table.loc[table.system == "triads", "polyphony_rate"] == 1).all()  # three pitches at every tick
+    assert (table.note_count == [20] * 6 + [60] * 6).all()
+
+
+def test_summary_has_means_differences_diversity_and_says_what_was_skipped(cli_output: Path):
+    summary = (cli_output / "summary.md").read_text()
+    assert "| note_count | 20 ± 0 (6) | 60 ± 0 (6) |" in summary
+    assert re.search(r"\| polyphony_rate \| 1 \* \| 0\.00\d+ \| 0\.0\d+ \|", summary)  # triads - mono, significant
+    assert "| empty_beat_rate | 0 | 1 | 1 |" in summary
+    assert "## Diversity" in summary and "near-duplicate share" in summary
+    assert "Audiobox aesthetics (CE, CU, PC, PQ)**: no checkpoint given" in summary
+    assert "\n| CE |" not in summary  # no invented Audiobox numbers
+
+
+def test_report_links_only_existing_files_and_has_a_player_per_listened_sample(cli_output: Path):
+    report = cli_output / "report.html"
+    links = linked_files(report)
+    assert links and all((cli_output / link).is_file() for link in links), [l for l in links if not (cli_output / l).is_file()]
+    assert not any(link.startswith(("/", "http")) for link in links)  # works offline, from any folder
+    assert report.read_text().count("<audio") == 2 * 3
+    assert {"figures/features.png", "figures/piano_rolls.png"} <= set(links)
+
+
+def test_rewards_audiobox_and_soundfont_robustness(folders, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(evaluate, "AudioBoxAesRewardProcessor", FakeAudiobox)
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(b"")
+    held_out = tmp_path / "same_font_other_name.sf2"
+    shutil.copy(resolve_soundfont("timgm6mb"), held_out)
+    report = evaluate.evaluate_systems(
+        {"mono": folders[0], "triads": folders[1]}, tmp_path / "out", audiobox=str(checkpoint),
+        reward_names=["note_density", "audio_activity"], robustness_soundfonts=[str(held_out)], permutations=99,
+    )
+    out = report.parent
+    table = pd.read_csv(out / "features.csv")
+    assert {"CE", "CU", "PC", "PQ", "reward_note_density", "reward_audio_activity"} <= set(table.columns)
+    assert table.loc[table.system == "triads", "CE"].mean() > table.loc[table.system == "mono", "CE"].mean()
+    robustness = pd.read_csv(out / "soundfont_robustness.csv")
+    assert set(robustness.soundfont) == {"timgm6mb", "same_font_other_name"}
+    wide = robustness.pivot_table(index=["system", "sample", "metric"], columns="soundfont", values="value")
+    np.testing.assert_allclose(wide["same_font_other_name"], wide["timgm6mb"])  # the same font renders the same
+    assert "figures/audiobox.png" in linked_files(report)
+    assert "## Soundfont robustness" in (out / "summary.md").read_text()
+
+
+def test_a_missing_audiobox_checkpoint_is_skipped_with_the_reason(folders, tmp_path: Path):
+    report = evaluate.evaluate_systems({"mono": folders[0]}, tmp_path, audiobox=str(tmp_path / "nope.pt"), permutations=9)
+    assert "nope.pt does not exist" in (tmp_path / "summary.md").read_text()
+    assert "CE" not in pd.read_csv(tmp_path / "features.csv").columns
+    assert "## Differences" not in (tmp_path / "summary.md").read_text()  # one system: nothing to compare
+    assert all((report.parent / link).is_file() for link in linked_files(report))
+
+
+def test_an_unknown_reward_is_refused_before_any_work(folders, tmp_path: Path):
+    with pytest.raises(ValueError, match="unknown reward"):
+        evaluate.evaluate_systems({"mono": folders[0]}, tmp_path, reward_names=["loudness"])
+
+
+def test_permutation_test_and_holm():
+    rng = np.random.default_rng(0)
+    same = rng.normal(size=30)
+    assert permutation_p_value(same, same.copy(), permutations=199) == 1.0
+    assert permutation_p_value(rng.normal(size=30), rng.normal(3, 1, size=30), permutations=199) == pytest.approx(1 / 200)
+    assert math.isnan(permutation_p_value(np.array([np.nan]), same))
+    assert holm([0.01, 0.04, math.nan, 0.03]) == pytest.approx([0.03, 0.06, math.nan, 0.06], nan_ok=True)
+
+
+def fake_run(tmp_path: Path, model: Path) -> Path:
+    """A run folder as smart.py leaves it: config.json, checkpoint-<step>/ and two steps of reward logs."""
+    run = tmp_path / "run"
+    shutil.copytree(model, run / "checkpoint-2")
+    (run / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 1, "kl": 0.0}, {"step": 2, "kl": 0.1}]}))
+    (run / "config.json").write_text(json.dumps({"config": {"BASE_MODEL_PATH": str(model)}}))
+    for step in (0, 1):
+        rows = [{"reward_step": step, "idx": i, "reward": 0.1 * step + 0.01 * i, "prompt": "BOS_None",
+                 "normalized_rewards": {"CE": 0.5 + 0.1 * step, "note_density": 0.2}} for i in range(4)]
+        (run / "rl_logs" / str(step)).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows), run / "rl_logs" / str(step) / "logs.parquet")
+    return run
+
+
+def test_a_run_folder_alone_is_its_base_model_against_its_tuned_model(tmp_path: Path):
+    model = save_tiny_model(tmp_path / "base_model")
+    run = fake_run(tmp_path, model)
+    systems, found = evaluate.parse_systems([str(run)])
+    assert systems == {"base": str(model), "tuned": str(run)} and found == run
+    named, _ = evaluate.parse_systems([f"mine={run}", str(model)])
+    assert list(named) == ["mine", "base_model"]
+    logs = evaluate.read_run_logs(run)
+    assert list(logs.columns) == ["reward_step", "reward", "CE", "note_density"] and len(logs) == 8
+
+
+def test_same_model_same_prompts_gives_identical_samples_and_training_curves(tmp_path: Path):
+    model = save_tiny_model(tmp_path / "base_model")
+    run = fake_run(tmp_path, model)
+    config = {"BASE_MODEL_PATH": str(model), "PROMPT_SOURCE": "procedural", "PROMPT_MIDI_DIR": None, "SEED": 1,
+              "MAX_COMPLETION_LENGTH": 64, "TEMPERATURE": 1.0, "TOP_K": 50, "TOP_P": 1.0, "MAX_BEATS": 100,
+              "SOUNDFONT": "timgm6mb", "REWARD_WEIGHTS": {"note_density": 1.0}, "AUDIOBOX_CHECKPOINT": None}
+    report = evaluate.evaluate_run(run, config, n=3, permutations=99)
+    assert report == run / "eval" / "report.html"
+    table = pd.read_csv(run / "eval" / "features.csv", keep_default_na=False)
+    base, tuned = (table[table.system == s].drop(columns=["system", "midi_path", "audio_file"]).reset_index(drop=True)
+                   for s in ("base", "tuned"))
+    pd.testing.assert_frame_equal(base, tuned)  # same weights, prompts and seed: the same pieces
+    assert base.prompt.str.startswith("Bar_None TimeSig_").all()
+    assert "figures/training.png" in linked_files(report)
+    assert all((report.parent / link).is_file() for link in linked_files(report))
+
+
+def test_generation_settings_reach_the_report(folders, tmp_path: Path):
+    model = save_tiny_model(tmp_path / "m")
+    settings = GenerationSettings(n=2, max_new_tokens=16, seed=3)
+    evaluate.evaluate_systems({"model": model, "mono": folders[0]}, tmp_path / "out", generation=settings,
+                              soundfont=None, permutations=9)
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "2 pieces, prompts 'procedural-no-starting-note', seed 3, 16 new tokens" in summary
+    assert "**audio**: no soundfont given" in summary
+    assert len(list((tmp_path / "out" / "samples" / "model").glob("*.mid"))) == 2
