@@ -9,8 +9,8 @@
 A system is ``[NAME=]PATH``: a model directory or ``checkpoint-<step>`` folder (pieces are sampled with
 generate.py, the same prompts and seed for every model), a SMART run folder (its tuned model, or its latest
 checkpoint), or a folder of MIDI files (used as they are; a ``samples.csv`` from generate.py supplies prompts).
-A run folder given alone is compared with the base model named in its config.json, and its reward logs are
-plotted. The first system is the reference the others are compared against.
+A run folder given alone is compared with the base model named in its smart_config.json, and its reward logs
+are plotted. The first system is the reference the others are compared against.
 
 Per sample: the paper's MIDI features (features.py, muspy's definitions), the four Audiobox axes when a checkpoint
 is given, and any named reward processor (processors.REWARD_PROCESSORS). Per system: diversity and the average
@@ -50,6 +50,8 @@ from soundfonts import KNOWN_SOUNDFONTS, SoundfontNotFound, resolve_soundfont
 SAMPLE_RATE = 48000  # what the renderer produces in training and Audiobox is fed
 MAX_AUDIO_SECONDS = 10
 CHUNK = 8  # clips rendered and scored at once: bounds memory (a 10 s clip is 3.8 MB) and Audiobox's batch
+# where smart.py saves a run's constants as {"config": {...}}: smart.RUN_CONFIG_FILE (config.json in early runs)
+RUN_CONFIG_FILES = ("smart_config.json", "config.json")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -62,12 +64,14 @@ def is_run_dir(folder: Path) -> bool:
 
 
 def base_model_of(run_dir: Path) -> str:
-    """The BASE_MODEL_PATH a run was tuned from, as smart.py saved it in the run's config.json."""
-    try:
-        return json.loads((run_dir / "config.json").read_text())["config"]["BASE_MODEL_PATH"]
-    except (OSError, KeyError, json.JSONDecodeError) as error:
-        raise ValueError(f"{run_dir}/config.json does not name the base model ({error!r}); "
-                         f"give it explicitly: evaluate.py base=MODEL tuned={run_dir}") from error
+    """The BASE_MODEL_PATH a run was tuned from, read from the constants smart.py saved in the run folder."""
+    for name in RUN_CONFIG_FILES:
+        try:
+            return json.loads((run_dir / name).read_text())["config"]["BASE_MODEL_PATH"]
+        except (OSError, KeyError, TypeError, json.JSONDecodeError):
+            continue
+    raise ValueError(f"{run_dir} has no {' or '.join(RUN_CONFIG_FILES)} naming BASE_MODEL_PATH; "
+                     f"give the base model explicitly: evaluate.py base=MODEL tuned={run_dir}")
 
 
 def slug(name: str) -> str:

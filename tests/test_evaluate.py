@@ -153,11 +153,11 @@ def test_permutation_test_and_holm():
 
 
 def fake_run(tmp_path: Path, model: Path) -> Path:
-    """A run folder as smart.py leaves it: config.json, checkpoint-<step>/ and two steps of reward logs."""
+    """A run folder as smart.py leaves it: smart_config.json, checkpoint-<step>/ and two steps of reward logs."""
     run = tmp_path / "run"
     shutil.copytree(model, run / "checkpoint-2")
     (run / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 1, "kl": 0.0}, {"step": 2, "kl": 0.1}]}))
-    (run / "config.json").write_text(json.dumps({"config": {"BASE_MODEL_PATH": str(model)}}))
+    (run / "smart_config.json").write_text(json.dumps({"config": {"BASE_MODEL_PATH": str(model)}}))
     for step in (0, 1):
         rows = [{"reward_step": step, "idx": i, "reward": 0.1 * step + 0.01 * i, "prompt": "BOS_None",
                  "normalized_rewards": {"CE": 0.5 + 0.1 * step, "note_density": 0.2}} for i in range(4)]
@@ -175,6 +175,9 @@ def test_a_run_folder_alone_is_its_base_model_against_its_tuned_model(tmp_path: 
     assert list(named) == ["mine", "base_model"]
     logs = evaluate.read_run_logs(run)
     assert list(logs.columns) == ["reward_step", "reward", "CE", "note_density"] and len(logs) == 8
+    (run / "smart_config.json").unlink()
+    with pytest.raises(ValueError, match="give the base model explicitly"):
+        evaluate.parse_systems([str(run)])
 
 
 def test_same_model_same_prompts_gives_identical_samples_and_training_curves(tmp_path: Path):
