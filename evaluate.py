@@ -24,12 +24,13 @@ import argparse
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import soundfile
 import symusic
 from tqdm import tqdm
 from transformers.trainer_utils import get_last_checkpoint
@@ -37,7 +38,7 @@ from transformers.trainer_utils import get_last_checkpoint
 import features
 from generate import (
     GenerationSettings, add_generation_arguments, generate_pieces, has_weights, is_hub_id, read_samples_csv,
-    resolve_model_dir, settings_from_arguments, write_wav,
+    resolve_model_dir, settings_from_arguments,
 )
 from processors import (
     AES_AXES, AudioBoxAesRewardProcessor, Processor, REWARD_PROCESSORS, TinySoundfontSynthProcessor, crop_score,
@@ -50,6 +51,7 @@ from soundfonts import KNOWN_SOUNDFONTS, SoundfontNotFound, resolve_soundfont
 SAMPLE_RATE = 48000  # what the renderer produces in training and Audiobox is fed
 MAX_AUDIO_SECONDS = 10
 CHUNK = 8  # clips rendered and scored at once: bounds memory (a 10 s clip is 3.8 MB) and Audiobox's batch
+MP3 = "MP3" in soundfile.available_formats()  # libsndfile >= 1.1 encodes MP3
 # where smart.py saves a run's constants as {"config": {...}}: smart.RUN_CONFIG_FILE (config.json in early runs)
 RUN_CONFIG_FILES = ("smart_config.json", "config.json")
 
@@ -180,13 +182,15 @@ def named_reward_processors(names: Sequence[str]) -> list[Processor]:
 
 
 def audio_scores(
-    scores: list[symusic.Score], synth: TinySoundfontSynthProcessor, scorers: list[Processor], keep: int, desc: str
-) -> tuple[list[dict[str, float]], list[np.ndarray]]:
-    """Render each score and run the scorers; return per-score audio-domain values and the first ``keep`` clips.
+    scores: list[symusic.Score], synth: TinySoundfontSynthProcessor, scorers: list[Processor], desc: str,
+    on_clip: Callable[[int, np.ndarray], None] | None = None,
+) -> list[dict[str, float]]:
+    """Render each score and run the scorers; return per-score audio-domain values (Audiobox axes, reward_*).
 
-    Works in chunks so that memory stays flat however many samples there are.
+    Works in chunks and hands each clip to ``on_clip(index, audio)`` before dropping it, so that memory stays
+    flat however many samples there are.
     """
-    values, kept = [], []
+    values = []
     for start in tqdm(range(0, len(scores), CHUNK), desc=desc, unit="chunk", leave=False):
         records = [{"idx": i, "sm": s, "sm_duration": score_seconds(s), "normalized_rewards": {}}
                    for i, s in enumerate(scores[start : start + CHUNK], start)]
@@ -196,9 +200,18 @@ def audio_scores(
         for record in records:
             rewards = {f"reward_{k}": v for k, v in record["normalized_rewards"].items() if k not in AES_AXES}
             values.append({**record.get("aes_scores", {}), **rewards})
-            if record["idx"] < keep:
-                kept.append(record["audio"])
-    return values, kept
+            if on_clip is not None:
+                on_clip(record["idx"], record["audio"])
+    return values
+
+
+def write_listening_clip(stem: Path, audio: np.ndarray) -> Path:
+    """A clip for the report's players: MP3 (~0.15 MB per 10 s, every browser plays it) or WAV where this
+    libsndfile cannot encode MP3. The scores are computed from the unencoded audio, never from this file."""
+    path = stem.parent / (stem.name + (".mp3" if MP3 else ".wav"))
+    encoding = {"format": "MP3", "subtype": "MPEG_LAYER_III"} if MP3 else {"subtype": "PCM_16"}
+    soundfile.write(path, np.asarray(audio).T, SAMPLE_RATE, **encoding)
+    return path
 
 
 def soundfont_label(name_or_path: str) -> str:
@@ -233,7 +246,7 @@ def robustness_rows(
     for label, path in others.items():
         synth = TinySoundfontSynthProcessor(path, SAMPLE_RATE, MAX_AUDIO_SECONDS)
         for system, system_scores in scores.items():
-            values, _ = audio_scores(system_scores, synth, scorers, 0, f"{system}: {label}")
+            values = audio_scores(system_scores, synth, scorers, f"{system}: {label}")
             samples = table.loc[table.system == system, "sample"]
             rows += [{"system": system, "sample": s, "soundfont": label, "metric": m, "value": v.get(m, np.nan)}
                      for s, v in zip(samples, values) for m in audio_metrics]
@@ -277,7 +290,7 @@ def evaluate_systems(
     audiobox: str | None = None,
     reward_names: Sequence[str] = (),
     run_dir: str | Path | None = None,
-    listen: int = 8,
+    listen: int | None = None,
     max_beats: int | None = None,
     permutations: int = 10_000,
     device: str | None = None,
@@ -291,7 +304,7 @@ def evaluate_systems(
     audiobox: a checkpoint.pt path, "hub", or None (the CE/CU/PC/PQ columns are then skipped, with the reason).
     reward_names: entries of processors.REWARD_PROCESSORS to compute per sample as reward_<name> columns.
     run_dir: a SMART run whose reward logs and KL to plot.
-    listen: how many samples per system get a WAV and an audio player in report.html.
+    listen: how many samples per system get an audio player in report.html (None = all).
     max_beats: crop MIDI-folder pieces to this many beats (generated pieces are already cropped as in training).
     """
     out = Path(out_dir)
@@ -369,21 +382,31 @@ def evaluate_run(
 
 def add_audio_scores(
     table: pd.DataFrame, scores: Mapping[str, list[symusic.Score]], out: Path, soundfont_path: str,
-    scorers: list[Processor], listen: int,
+    scorers: list[Processor], listen: int | None,
 ) -> pd.DataFrame:
-    """Render every sample once with the main soundfont: audio-domain columns, and WAVs for the first ``listen``."""
+    """Render every sample once with the main soundfont: audio-domain columns, and a clip for the report's
+    player for the first ``listen`` samples of each system (all when None)."""
     synth = TinySoundfontSynthProcessor(soundfont_path, SAMPLE_RATE, MAX_AUDIO_SECONDS)
     parts = []
     for system, system_scores in scores.items():
         rows = table[table.system == system].reset_index(drop=True)
-        values, clips = audio_scores(system_scores, synth, scorers, listen, f"{system}: audio")
-        (out / "audio" / system).mkdir(parents=True, exist_ok=True)
-        for k, clip in enumerate(clips):
-            relative = f"audio/{system}/{k:04d}_{slug(Path(rows.at[k, 'sample']).stem)}.wav"
-            write_wav(out / relative, clip, SAMPLE_RATE)
-            rows.at[k, "audio_file"] = relative
+        save = clip_saver(rows, out, out / "audio" / system, listen)
+        values = audio_scores(system_scores, synth, scorers, f"{system}: audio", save)
         parts.append(pd.concat([rows, pd.DataFrame(values, index=rows.index)], axis=1))
     return pd.concat(parts, ignore_index=True)
+
+
+def clip_saver(rows: pd.DataFrame, out: Path, folder: Path, listen: int | None) -> Callable[[int, np.ndarray], None]:
+    """An ``on_clip`` that writes the first ``listen`` clips into ``folder`` and notes each in ``rows.audio_file``
+    (relative to ``out``, as report.html links it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def save(k: int, audio: np.ndarray) -> None:
+        if listen is None or k < listen:
+            stem = folder / f"{k:04d}_{slug(Path(rows.at[k, 'sample']).stem)}"
+            rows.at[k, "audio_file"] = write_listening_clip(stem, audio).relative_to(out).as_posix()
+
+    return save
 
 
 def report_settings(
@@ -408,12 +431,16 @@ def main() -> None:
     parser.add_argument("systems", nargs="+", help="[NAME=]PATH: model, checkpoint, run folder or MIDI folder")
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--run", default=None, help="run folder whose training curves to plot (default: the run given)")
-    parser.add_argument("--soundfont", default="timgm6mb", help="soundfont for audio scores and players ('none' = no audio)")
+    parser.add_argument("--soundfont", default="timgm6mb",
+                        help="soundfont for audio scores and players ('none' = no audio; default %(default)s)")
     parser.add_argument("--robustness-soundfonts", nargs="*", default=None,
                         help="held-out soundfonts to re-render with (default: all known ones found; give none to skip)")
-    parser.add_argument("--audiobox", default=None, help="Audiobox checkpoint.pt, or 'hub'; without it CE..PQ are skipped")
-    parser.add_argument("--rewards", nargs="*", default=[], help=f"reward processors to compute: {', '.join(REWARD_PROCESSORS)}")
-    parser.add_argument("--listen", type=int, default=8, help="samples per system with an audio player (default 8)")
+    parser.add_argument("--audiobox", default=None,
+                        help="Audiobox checkpoint.pt, or 'hub'; without it CE..PQ are skipped (and the report says so)")
+    parser.add_argument("--rewards", nargs="*", default=[],
+                        help=f"reward processors to compute per sample: {', '.join(REWARD_PROCESSORS)}")
+    parser.add_argument("--listen", type=int, default=None,
+                        help="samples per system with an audio player (default: all)")
     parser.add_argument("--crop-beats", type=int, default=None, help="crop MIDI-folder pieces to this many beats")
     parser.add_argument("--permutations", type=int, default=10_000, help="relabellings in the permutation tests")
     parser.add_argument("--device", default=None, help="torch device for sampling (default: cuda if available)")

@@ -352,4 +352,7 @@ def near_duplicate_share(
 
 def diversity(scores: Sequence[symusic.Score]) -> dict[str, float]:
     """The two diversity numbers of a set of samples, keyed as in ``summary.md``."""
-    return {"mean_pairwise_distance": mean_pairwise_distance(scores), "near_duplicate_share": near_duplicate_share(scores)}
+    return {
+        "mean_pairwise_distance": mean_pairwise_distance(scores),
+        "near_duplicate_share": near_duplicate_share(scores),
+    }

@@ -33,7 +33,9 @@ from prompts import PROMPT_SOURCES, build_prompts
 from soundfonts import resolve_soundfont
 
 SAMPLES_FILE = "samples.csv"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
 SAMPLE_RATE = 48000  # the renderer's rate during training (what Audiobox is fed)
 MAX_AUDIO_SECONDS = 10  # as in training: Audiobox's receptive field
 
@@ -73,7 +75,9 @@ def resolve_model_dir(path: str | Path) -> Path | str:
         return path
     last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
     if last is None:
-        raise FileNotFoundError(f"{path}: no model weights ({', '.join(WEIGHT_FILES)}) and no checkpoint-<step>/ inside")
+        raise FileNotFoundError(
+            f"{path}: no model weights ({', '.join(WEIGHT_FILES)}) and no checkpoint-<step>/ inside"
+        )
     return Path(last)
 
 

@@ -28,7 +28,9 @@ import features  # noqa: E402
 
 ID_COLUMNS = ("system", "sample", "prompt", "midi_path", "audio_file")
 AES_AXES = ("CE", "CU", "PC", "PQ")
-AES_TITLES = {"CE": "Content Enjoyment", "CU": "Content Usefulness", "PC": "Production Complexity", "PQ": "Production Quality"}
+AES_TITLES = {
+    "CE": "Content Enjoyment", "CU": "Content Usefulness", "PC": "Production Complexity", "PQ": "Production Quality"
+}
 FIGURES = "figures"
 
 
@@ -152,12 +154,14 @@ def diversity_table(ev: Evaluation) -> Table:
     for system, scores in ev.scores.items():
         values = features.diversity(scores)
         used = features.average_piano_roll(scores)[1]
-        rows.append([system, fmt(values["mean_pairwise_distance"]), fmt(values["near_duplicate_share"]), f"{used} of {len(scores)}"])
+        rows.append([system, fmt(values["mean_pairwise_distance"]), fmt(values["near_duplicate_share"]),
+                     f"{used} of {len(scores)}"])
     return header, rows
 
 
 def robustness_table(ev: Evaluation) -> Table:
-    """Per system, metric and held-out soundfont: mean, mean change per sample against the main soundfont, mean |change|."""
+    """Per system, metric and held-out soundfont: the mean, and the mean change and mean absolute change per
+    sample against the main soundfont."""
     header = ["system", "metric", "soundfont", "mean", f"mean change vs {ev.main_soundfont}", "mean absolute change"]
     rows = []
     data = ev.robustness
@@ -232,7 +236,8 @@ def plot_audiobox(ev: Evaluation, path: Path) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
     for ax, axis in zip(axes, AES_AXES):
         for system in ev.systems:
-            ax.hist(ev.table.loc[ev.table.system == system, axis].dropna(), bins=np.linspace(1, 10, 33), alpha=0.5, label=system)
+            values = ev.table.loc[ev.table.system == system, axis].dropna()
+            ax.hist(values, bins=np.linspace(1, 10, 33), alpha=0.5, label=system)
         ax.set_title(f"Predicted {AES_TITLES[axis]}")
     axes[0].legend()
     fig.tight_layout()
@@ -347,7 +352,7 @@ def listening_rows(ev: Evaluation) -> str:
     out = []
     for k in range(count):
         cells = []
-        for system, rows in positions.items():
+        for rows in positions.values():
             if k >= len(rows) or not rows.audio_file[k]:
                 cells.append("<td></td>")
                 continue
@@ -384,10 +389,10 @@ def write_html(ev: Evaluation, out: Path, figures: dict[str, str], permutations:
         parts.append(f"<h2>{html.escape(title)}</h2><img src=\"{html.escape(path)}\" alt=\"{html.escape(title)}\">")
     for title, explanation, table in sections(ev, permutations):
         parts.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(explanation)}</p>{html_table(table)}")
-    parts.append("<p>Data: <a href=\"features.csv\">features.csv</a>, <a href=\"summary.md\">summary.md</a>, "
-                 "<a href=\"distributions.csv\">distributions.csv</a>"
-                 + (", <a href=\"soundfont_robustness.csv\">soundfont_robustness.csv</a>" if ev.robustness is not None and len(ev.robustness) else "")
-                 + "</p></body></html>")
+    data = ["features.csv", "summary.md", "distributions.csv"]
+    if ev.robustness is not None and len(ev.robustness):
+        data.append("soundfont_robustness.csv")
+    parts.append("<p>Data: " + ", ".join(f"<a href=\"{name}\">{name}</a>" for name in data) + "</p></body></html>")
     (out / "report.html").write_text("\n".join(parts))
 
 

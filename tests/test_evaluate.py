@@ -70,7 +70,8 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def cli_output(folders, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``python evaluate.py DIR_A DIR_B --out OUT`` (in-process, so it counts toward coverage and runs fast)."""
     out = tmp_path_factory.mktemp("eval") / "out"
-    argv = ["evaluate.py", str(folders[0]), str(folders[1]), "--out", str(out), "--listen", "3", "--permutations", "999"]
+    argv = ["evaluate.py", str(folders[0]), str(folders[1]), "--out", str(out), "--listen", "3",
+            "--permutations", "999"]
     original, sys.argv = sys.argv, argv
     try:
         evaluate.main()
@@ -102,7 +103,8 @@ def test_summary_has_means_differences_diversity_and_says_what_was_skipped(cli_o
 def test_report_links_only_existing_files_and_has_a_player_per_listened_sample(cli_output: Path):
     report = cli_output / "report.html"
     links = linked_files(report)
-    assert links and all((cli_output / link).is_file() for link in links), [l for l in links if not (cli_output / l).is_file()]
+    missing = [link for link in links if not (cli_output / link).is_file()]
+    assert links and not missing, missing
     assert not any(link.startswith(("/", "http")) for link in links)  # works offline, from any folder
     assert report.read_text().count("<audio") == 2 * 3
     assert {"figures/features.png", "figures/piano_rolls.png"} <= set(links)
@@ -126,12 +128,15 @@ def test_rewards_audiobox_and_soundfont_robustness(folders, tmp_path: Path, monk
     assert set(robustness.soundfont) == {"timgm6mb", "same_font_other_name"}
     wide = robustness.pivot_table(index=["system", "sample", "metric"], columns="soundfont", values="value")
     np.testing.assert_allclose(wide["same_font_other_name"], wide["timgm6mb"])  # the same font renders the same
-    assert "figures/audiobox.png" in linked_files(report)
+    links = linked_files(report)
+    assert "figures/audiobox.png" in links
+    assert len([link for link in links if link.startswith("audio/")]) == 12  # by default every sample has a player
     assert "## Soundfont robustness" in (out / "summary.md").read_text()
 
 
 def test_a_missing_audiobox_checkpoint_is_skipped_with_the_reason(folders, tmp_path: Path):
-    report = evaluate.evaluate_systems({"mono": folders[0]}, tmp_path, audiobox=str(tmp_path / "nope.pt"), permutations=9)
+    report = evaluate.evaluate_systems({"mono": folders[0]}, tmp_path, audiobox=str(tmp_path / "nope.pt"),
+                                       permutations=9)
     assert "nope.pt does not exist" in (tmp_path / "summary.md").read_text()
     assert "CE" not in pd.read_csv(tmp_path / "features.csv").columns
     assert "## Differences" not in (tmp_path / "summary.md").read_text()  # one system: nothing to compare
@@ -147,7 +152,8 @@ def test_permutation_test_and_holm():
     rng = np.random.default_rng(0)
     same = rng.normal(size=30)
     assert permutation_p_value(same, same.copy(), permutations=199) == 1.0
-    assert permutation_p_value(rng.normal(size=30), rng.normal(3, 1, size=30), permutations=199) == pytest.approx(1 / 200)
+    shifted = permutation_p_value(rng.normal(size=30), rng.normal(3, 1, size=30), permutations=199)
+    assert shifted == pytest.approx(1 / 200)  # no relabelling is as extreme as the real split
     assert math.isnan(permutation_p_value(np.array([np.nan]), same))
     assert holm([0.01, 0.04, math.nan, 0.03]) == pytest.approx([0.03, 0.06, math.nan, 0.06], nan_ok=True)
 
@@ -156,7 +162,8 @@ def fake_run(tmp_path: Path, model: Path) -> Path:
     """A run folder as smart.py leaves it: smart_config.json, checkpoint-<step>/ and two steps of reward logs."""
     run = tmp_path / "run"
     shutil.copytree(model, run / "checkpoint-2")
-    (run / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 1, "kl": 0.0}, {"step": 2, "kl": 0.1}]}))
+    history = {"log_history": [{"step": 1, "kl": 0.0}, {"step": 2, "kl": 0.1}]}
+    (run / "checkpoint-2" / "trainer_state.json").write_text(json.dumps(history))
     (run / "smart_config.json").write_text(json.dumps({"config": {"BASE_MODEL_PATH": str(model)}}))
     for step in (0, 1):
         rows = [{"reward_step": step, "idx": i, "reward": 0.1 * step + 0.01 * i, "prompt": "BOS_None",

@@ -26,7 +26,8 @@ def score_of(notes: list[tuple[int, int, int, int]], tpq: int = TPQ, drum_notes=
     return score
 
 
-C_MAJOR_SCALE = score_of([(i * TPQ, (i + 1) * TPQ, p, 60 + 4 * i) for i, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72])])
+C_MAJOR = [60, 62, 64, 65, 67, 69, 71, 72]
+C_MAJOR_SCALE = score_of([(i * TPQ, (i + 1) * TPQ, p, 60 + 4 * i) for i, p in enumerate(C_MAJOR)])
 CHROMATIC = score_of([(i * TPQ, (i + 1) * TPQ, 60 + i, 80) for i in range(12)])
 
 
@@ -80,7 +81,8 @@ def test_empty_beat_rate_counts_a_note_ending_on_a_beat_line_in_the_next_beat():
 
 def test_polyphony_rate_counts_more_than_threshold_pitches():
     # a triad for one beat, then a dyad for one beat: only the triad has more than 2 pitches
-    score = score_of([(0, TPQ, 60, 80), (0, TPQ, 64, 80), (0, TPQ, 67, 80), (TPQ, 2 * TPQ, 60, 80), (TPQ, 2 * TPQ, 64, 80)])
+    triad = [(0, TPQ, p, 80) for p in (60, 64, 67)]
+    score = score_of(triad + [(TPQ, 2 * TPQ, p, 80) for p in (60, 64)])
     assert F.polyphony_rate(score) == 0.5
     assert F.polyphony_rate(score, threshold=1) == 1.0
     assert F.polyphony(score) == pytest.approx(2.5)
@@ -96,8 +98,7 @@ def test_polyphony_rate_counts_silence_and_merges_repeated_pitches():
 
 def test_drums_are_ignored_by_pitch_features_but_counted_as_notes():
     drums = [(i * 6, i * 6 + 3, 37 + i, 127) for i in range(20)]
-    with_drums = score_of([(i * TPQ, (i + 1) * TPQ, p, 60 + 4 * i) for i, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72])],
-                          drum_notes=drums)
+    with_drums = score_of([(i * TPQ, (i + 1) * TPQ, p, 60 + 4 * i) for i, p in enumerate(C_MAJOR)], drum_notes=drums)
     assert F.scale_consistency(with_drums) == 1.0
     assert F.pitch_range(with_drums) == 12
     assert F.pitch_class_entropy(with_drums) == pytest.approx(2.75)
@@ -106,7 +107,13 @@ def test_drums_are_ignored_by_pitch_features_but_counted_as_notes():
     assert F.pitch_histogram(with_drums).sum() == 8
 
 
-@pytest.mark.parametrize("score", [symusic.Score(TPQ), score_of([]), score_of([], drum_notes=[])], ids=["no tracks", "empty", "no notes"])
+def score_with_empty_track() -> symusic.Score:
+    score = symusic.Score(TPQ)
+    score.tracks.append(symusic.Track("piano", 0, False))
+    return score
+
+
+@pytest.mark.parametrize("score", [symusic.Score(TPQ), score_with_empty_track()], ids=["no tracks", "empty track"])
 def test_every_feature_is_defined_on_an_empty_score(score):
     values = F.compute_features(score)
     assert values.pop("note_count") == 0
