@@ -286,11 +286,11 @@ def evaluate_systems(
     *,
     generation: GenerationSettings = GenerationSettings(),
     soundfont: str | None = "timgm6mb",
-    robustness_soundfonts: Sequence[str] | None = (),
+    robustness_soundfonts: Sequence[str] | None = None,
     audiobox: str | None = None,
     reward_names: Sequence[str] = (),
     run_dir: str | Path | None = None,
-    listen: int | None = None,
+    listen: int | None = 100,
     max_beats: int | None = None,
     permutations: int = 10_000,
     device: str | None = None,
@@ -304,7 +304,8 @@ def evaluate_systems(
     audiobox: a checkpoint.pt path, "hub", or None (the CE/CU/PC/PQ columns are then skipped, with the reason).
     reward_names: entries of processors.REWARD_PROCESSORS to compute per sample as reward_<name> columns.
     run_dir: a SMART run whose reward logs and KL to plot.
-    listen: how many samples per system get an audio player in report.html (None = all).
+    listen: how many samples per system get an audio player in report.html (None = all; the default 100
+        covers a default-sized run, and keeps a 10,000-file dataset folder from writing 10,000 MP3s).
     max_beats: crop MIDI-folder pieces to this many beats (generated pieces are already cropped as in training).
     """
     out = Path(out_dir)
@@ -361,8 +362,9 @@ def evaluate_run(
     ``config`` is smart.py's resolved constants (BASE_MODEL_PATH, PROMPT_SOURCE, SOUNDFONT, REWARD_WEIGHTS, ...).
     Both models answer ``n`` prompts drawn with seed SEED + 1, so they are not the first training prompts. The
     Audiobox axes are scored when the run optimised one of them (with its checkpoint, or the hub's); every
-    other reward of REWARD_WEIGHTS becomes a reward_<name> column. Writes ``<run>/eval`` unless ``out_dir``;
-    ``overrides`` go to ``evaluate_systems`` (e.g. ``robustness_soundfonts=None`` to try every soundfont found).
+    other reward of REWARD_WEIGHTS becomes a reward_<name> column. No soundfont robustness by default (it costs
+    a full re-scoring per soundfont). Writes ``<run>/eval`` unless ``out_dir``; ``overrides`` go to
+    ``evaluate_systems`` (e.g. ``robustness_soundfonts=None`` to re-render with every other soundfont found).
     """
     run = Path(run_dir)
     generation = GenerationSettings(
@@ -372,7 +374,7 @@ def evaluate_run(
     )
     uses_audiobox = any(name in AES_AXES for name in config["REWARD_WEIGHTS"])
     options = dict(
-        generation=generation, soundfont=config["SOUNDFONT"], run_dir=run,
+        generation=generation, soundfont=config["SOUNDFONT"], run_dir=run, robustness_soundfonts=(),
         audiobox=(config["AUDIOBOX_CHECKPOINT"] or "hub") if uses_audiobox else None,
         reward_names=[name for name in config["REWARD_WEIGHTS"] if name not in AES_AXES],
     )
@@ -439,8 +441,8 @@ def main() -> None:
                         help="Audiobox checkpoint.pt, or 'hub'; without it CE..PQ are skipped (and the report says so)")
     parser.add_argument("--rewards", nargs="*", default=[],
                         help=f"reward processors to compute per sample: {', '.join(REWARD_PROCESSORS)}")
-    parser.add_argument("--listen", type=int, default=None,
-                        help="samples per system with an audio player (default: all)")
+    parser.add_argument("--listen", type=int, default=100,
+                        help="samples per system with an audio player in report.html (default %(default)s)")
     parser.add_argument("--crop-beats", type=int, default=None, help="crop MIDI-folder pieces to this many beats")
     parser.add_argument("--permutations", type=int, default=10_000, help="relabellings in the permutation tests")
     parser.add_argument("--device", default=None, help="torch device for sampling (default: cuda if available)")

@@ -130,7 +130,7 @@ def test_rewards_audiobox_and_soundfont_robustness(folders, tmp_path: Path, monk
     np.testing.assert_allclose(wide["same_font_other_name"], wide["timgm6mb"])  # the same font renders the same
     links = linked_files(report)
     assert "figures/audiobox.png" in links
-    assert len([link for link in links if link.startswith("audio/")]) == 12  # by default every sample has a player
+    assert len([link for link in links if link.startswith("audio/")]) == 12  # by default each sample has a player
     assert "## Soundfont robustness" in (out / "summary.md").read_text()
 
 
