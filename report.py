@@ -261,10 +261,9 @@ def plot_piano_rolls(ev: Evaluation, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_training(ev: Evaluation, path: Path) -> None:
+def plot_training(logs: pd.DataFrame, trainer_log: pd.DataFrame | None, path: Path) -> None:
     """Reward of every training sample and its mean per step, each reward's mean per step, and the KL if logged."""
-    logs = ev.run_logs
-    kl = ev.trainer_log[["step", "kl"]].dropna() if ev.trainer_log is not None and "kl" in ev.trainer_log else None
+    kl = trainer_log[["step", "kl"]].dropna() if trainer_log is not None and "kl" in trainer_log else None
     panels = 2 + (kl is not None and len(kl) > 0)
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4))
     axes[0].scatter(logs.reward_step, logs.reward, s=3, alpha=0.2)
@@ -289,12 +288,14 @@ def write_figures(ev: Evaluation, out: Path) -> dict[str, str]:
     drawn = {}
     plans = [("MIDI features", "features.png", plot_features, True),
              ("Audiobox aesthetics", "audiobox.png", plot_audiobox, all(a in ev.table for a in AES_AXES)),
-             ("Average piano rolls", "piano_rolls.png", plot_piano_rolls, True),
-             ("Training curves", "training.png", plot_training, ev.run_logs is not None and len(ev.run_logs) > 0)]
+             ("Average piano rolls", "piano_rolls.png", plot_piano_rolls, True)]
     for title, name, plot, possible in plans:
         if possible:
             plot(ev, out / FIGURES / name)
             drawn[title] = f"{FIGURES}/{name}"
+    if ev.run_logs is not None and len(ev.run_logs) > 0:
+        plot_training(ev.run_logs, ev.trainer_log, out / FIGURES / "training.png")
+        drawn["Training curves"] = f"{FIGURES}/training.png"
     return drawn
 
 

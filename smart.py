@@ -51,6 +51,7 @@ OUTPUT_DIR: str | None = None  # run directory; None = a new, timestamped folder
 SAVE_STEPS = 20  # checkpoint every this many steps
 AUDIO_SAVE_INTERVAL = 10  # save WAVs every this many reward steps (MIDI is saved every step)
 REPORT_TO = "none"  # "none", "wandb", "tensorboard", "trackio" (the logger must be installed)
+EVAL_SAMPLES = 32  # pieces per model in the end-of-run report, base vs tuned (evaluate.py); 0 = skip it
 RESUME: str | None = None  # a run directory to continue from its last checkpoint, with its saved config
 
 config = {}
@@ -78,10 +79,12 @@ from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from configurator import apply_values  # noqa: E402
+from evaluate import evaluate_run, read_run_logs, read_trainer_log  # noqa: E402
 from midi_tokenizer import load_tokenizers  # noqa: E402
 from preflight import check_config  # noqa: E402
 from processors import MidiTokToSymusicProcessor, TinySoundfontSynthProcessor, reward_processors_for  # noqa: E402
 from prompts import build_prompts  # noqa: E402
+from report import plot_training  # noqa: E402
 from reward_manager import RewardManager  # noqa: E402
 from soundfonts import resolve_soundfont  # noqa: E402
 
@@ -240,4 +243,10 @@ if __name__ == "__main__":
         print(f"[smart] stopped at step {trainer.state.global_step}; continue with: python smart.py --RESUME={run_dir}")
         sys.exit(0)
     trainer.save_model()  # the tuned model (and its tokenizer.json) in the run directory itself
+    trainer.save_state()
+    if state.is_main_process:
+        plot_training(read_run_logs(run_dir), read_trainer_log(run_dir), run_dir / "reward_curve.png")
+        print(f"[smart] reward curve: {run_dir / 'reward_curve.png'}")
+        if EVAL_SAMPLES:
+            print(f"[smart] evaluation report: {evaluate_run(run_dir, config, n=EVAL_SAMPLES)}")
     print(f"[smart] done: tuned model and logs in {run_dir}")

@@ -91,7 +91,7 @@ def test_two_grpo_steps_through_the_whole_chain(tmp_path, tiny_policy, audiobox_
     result = run_smart(
         f"--BASE_MODEL_PATH={tiny_policy}", f"--AUDIOBOX_CHECKPOINT={audiobox_checkpoint}", "--SOUNDFONT=timgm6mb",
         "--NUM_TRAIN_STEPS=2", "--BATCH_SIZE=4", "--NUM_GENERATIONS=2", "--MAX_COMPLETION_LENGTH=48",
-        "--SAVE_STEPS=1", "--AUDIO_SAVE_INTERVAL=1", f"--OUTPUT_DIR={run_dir}",
+        "--SAVE_STEPS=1", "--AUDIO_SAVE_INTERVAL=1", "--EVAL_SAMPLES=2", f"--OUTPUT_DIR={run_dir}",
     )
     print(f"2-step GRPO run: {time.monotonic() - start:.1f} s")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -112,3 +112,7 @@ def test_two_grpo_steps_through_the_whole_chain(tmp_path, tiny_policy, audiobox_
     after = load_file(run_dir / "model.safetensors")
     assert any(not torch.equal(before[name], after[name]) for name in before)
     assert (run_dir / "tokenizer.json").is_file()
+    assert (run_dir / "reward_curve.png").stat().st_size > 0
+    features = (run_dir / "eval" / "features.csv").read_text().splitlines()
+    assert len(features) == 1 + 2 * 2 and "CE" in features[0].split(",")  # base and tuned, 2 pieces each
+    assert (run_dir / "eval" / "report.html").is_file()
