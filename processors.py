@@ -22,14 +22,13 @@ from typing import Any
 import miditok
 import numpy as np
 import symusic
-import tinysoundfont
 import torch
 
 import features
+from render_pool import RenderPool, SoundfontRenderer
 
 Record = dict[str, Any]
 AES_AXES = ("CE", "CU", "PC", "PQ")
-FLUSH_SECONDS = 4  # the original renders 4 s after sounds_off before each score, so voices fully decay
 
 
 def add_error(record: Record, message: str) -> None:
@@ -93,45 +92,72 @@ class MidiTokToSymusicProcessor(Processor):
 class TinySoundfontSynthProcessor(Processor):
     """Render each record's score with TinySoundFont: stereo, at most ``max_duration_seconds``, peak-normalised.
 
-    Same audio as the original method, with less work: the MIDI goes to the sequencer from memory (no temp
-    file), and only ``min(score duration, max_duration_seconds)`` is synthesised instead of the whole cropped
-    score (up to 150 s at 40 BPM) before cutting. Before each score the previous sequencer is detached and the
-    synth flushed exactly as the original does, so a reused synth carries no state from one render to the next.
-    An empty score renders as 1 s of silence, as in the original.
+    Same audio as the original method, with less work (``render_pool.SoundfontRenderer``): the MIDI goes to the
+    sequencer from memory (no temp file), and only ``min(score duration, max_duration_seconds)`` is synthesised
+    instead of the whole cropped score (up to 150 s at 40 BPM) before cutting. Before each score the previous
+    sequencer is detached and the synth flushed exactly as the original does, so a reused synth carries no state
+    from one render to the next. An empty score renders as 1 s of silence, as in the original.
+
+    ``num_workers=1`` renders in this process; more start a ``render_pool.RenderPool`` of that many processes
+    (each loads the soundfont once, in the background) that renders a batch's records in parallel, in order.
     """
 
-    def __init__(self, soundfont_path: str, sample_rate: int, max_duration_seconds: float = 10):
+    def __init__(self, soundfont_path: str, sample_rate: int, max_duration_seconds: float = 10, num_workers: int = 1):
+        if num_workers < 1:
+            raise ValueError(f"num_workers={num_workers!r}: give 1 (render in-process) or more worker processes")
         self.soundfont_path = soundfont_path
         self.sample_rate = sample_rate
         self.max_duration_seconds = max_duration_seconds
-        self.synth = tinysoundfont.Synth(samplerate=sample_rate)
-        self.synth.sfload(soundfont_path)
+        self.num_workers = num_workers
+        self.renderer: SoundfontRenderer | None = None
+        self.pool: RenderPool | None = None
+        if num_workers == 1:
+            self.renderer = SoundfontRenderer(soundfont_path, sample_rate, max_duration_seconds)
+        else:
+            self.pool = RenderPool(soundfont_path, sample_rate, max_duration_seconds, num_workers)
 
-    def _flush(self) -> None:
-        self.synth.notes_off()
-        self.synth.sounds_off()
-        self.synth.callback = None  # the previous score's sequencer must not play into this flush
-        self.synth.generate(FLUSH_SECONDS * self.sample_rate)
+    def close(self) -> None:
+        """Stop the worker processes, if any (they also stop at interpreter exit)."""
+        if self.pool is not None:
+            self.pool.close()
+
+    def _render_all(self, jobs: list[tuple[bytes, float]], costs: list[float]) -> list[np.ndarray | str]:
+        """Audio or an error message per ``(midi bytes, seconds)`` job, in order."""
+        if self.pool is not None:
+            return self.pool.render_many(jobs, costs)
+        results: list[np.ndarray | str] = []
+        for midi, seconds in jobs:
+            try:
+                results.append(self.renderer.render_midi(midi, seconds))
+            except Exception as error:  # a score the synth cannot play must not stop the run
+                results.append(f"{type(error).__name__}: {error}")
+        return results
 
     def render(self, score: symusic.Score, duration_seconds: float) -> np.ndarray:
         """Audio of ``score`` as float32 of shape (2, samples), peak-normalised as x / (max|x| + 1e-6)."""
-        self._flush()
-        num_samples = int(self.sample_rate * min(duration_seconds, self.max_duration_seconds))
-        if num_samples <= 0:
-            return np.zeros((2, self.sample_rate), dtype=np.float32)
-        sequencer = tinysoundfont.Sequencer(self.synth)
-        sequencer.add(tinysoundfont.midi.load_memory(score.dumps_midi(), persistent=False))
-        block = np.frombuffer(bytes(self.synth.generate(num_samples)), dtype=np.float32)
-        stereo = np.stack([block[::2], block[1::2]])
-        return stereo / (np.abs(stereo).max() + np.float32(1e-6))
+        result = self._render_all([(score.dumps_midi(), duration_seconds)], [0.0])[0]
+        if isinstance(result, str):
+            raise RuntimeError(f"render failed: {result}")
+        return result
 
     def __call__(self, records: list[Record]) -> list[Record]:
+        jobs, costs, rendered = [], [], []
         for record in records:
             try:
-                record["audio"] = self.render(record["sm"], record["sm_duration"])
-            except Exception as error:  # a score the synth cannot play must not stop the run
+                jobs.append((record["sm"].dumps_midi(), float(record["sm_duration"])))
+            except Exception as error:  # a score symusic cannot write as MIDI
                 add_error(record, f"render: {type(error).__name__}: {error}")
                 record["audio"] = np.zeros((2, self.sample_rate), dtype=np.float32)
+                continue
+            seconds = min(record["sm_duration"], self.max_duration_seconds)
+            costs.append(seconds * (1 + record["sm"].note_num() * seconds / max(record["sm_duration"], 1e-9)))
+            rendered.append(record)
+        for record, result in zip(rendered, self._render_all(jobs, costs)):
+            if isinstance(result, str):  # a score the synth cannot play must not stop the run
+                add_error(record, f"render: {result}")
+                result = np.zeros((2, self.sample_rate), dtype=np.float32)
+            record["audio"] = result
+        for record in records:
             record["sample_rate"] = self.sample_rate
             record["audio_duration"] = record["audio"].shape[1] / self.sample_rate
         return records

@@ -1,0 +1,274 @@
+"""Render MIDI to audio with TinySoundFont, in this process or in a persistent pool of worker processes.
+
+``SoundfontRenderer`` is the render method SMART's reward uses: the same audio as the original erl-j/SMART
+method (bench/original.py) with less work. The MIDI comes from memory (no temp file) and only
+``min(score duration, max_duration_seconds)`` is synthesised, where the original synthesised the whole cropped
+score (up to 150 s at 40 BPM) and then cut it to 10 s.
+
+``RenderPool`` runs one ``SoundfontRenderer`` per worker process, so a batch of scores renders on all cores:
+
+- each worker loads the soundfont once, when the pool starts (in the background: ``RenderPool()`` returns at
+  once, and the first ``render_many`` waits only for what is still loading);
+- jobs are ``(MIDI bytes, duration)``, results are float32 ``(2, N)`` arrays, returned in job order; the most
+  expensive jobs are handed out first, each to the next idle worker;
+- a job that fails comes back as an error message (never an exception), and a worker that dies is replaced;
+- workers are plain ``python render_pool.py`` processes started with ``subprocess`` (fork + exec, so nothing is
+  inherited from a parent that already runs torch threads). Unlike ``multiprocessing``'s "spawn" they do not
+  re-import the parent's ``__main__``: for ``smart.py`` that would be 10 s and 1 GB of torch/TRL imports per
+  worker. A worker imports numpy and tinysoundfont only;
+- workers ignore SIGINT/SIGTERM (Ctrl-C reaches the whole process group; smart.py then finishes the step
+  and saves a checkpoint, which needs the renders) and exit when the parent closes the pool or dies.
+
+Renders in different workers see different histories; equality with the original holds anyway because every
+render starts from the same flushed synth (tests/test_render_pool.py checks many scores in sequence).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import weakref
+from collections.abc import Sequence
+from multiprocessing.connection import Connection, wait
+
+import numpy as np
+import tinysoundfont
+
+FLUSH_SECONDS = 4  # the original renders 4 s after sounds_off before each score, so voices fully decay
+CLOSE_TIMEOUT_SECONDS = 5.0  # how long close() waits for a worker to exit before killing it
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and ``taskset`` narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_render_workers() -> int:
+    """All available cores, shared between the ranks that torchrun/accelerate start on this machine."""
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, available_cores() // max(1, local_ranks))
+
+
+class SoundfontRenderer:
+    """One TinySoundFont synth with the soundfont loaded, reused for every render."""
+
+    def __init__(self, soundfont_path: str, sample_rate: int, max_duration_seconds: float):
+        self.sample_rate = sample_rate
+        self.max_duration_seconds = max_duration_seconds
+        self.synth = tinysoundfont.Synth(samplerate=sample_rate)
+        self.synth.sfload(soundfont_path)
+
+    def _flush(self) -> None:
+        self.synth.notes_off()
+        self.synth.sounds_off()
+        self.synth.callback = None  # the previous score's sequencer must not play into this flush
+        self.synth.generate(FLUSH_SECONDS * self.sample_rate)
+
+    def render_midi(self, midi: bytes, duration_seconds: float) -> np.ndarray:
+        """Audio of a MIDI file's bytes as float32 of shape (2, samples), peak-normalised as x / (max|x| + 1e-6).
+
+        ``duration_seconds`` is the score's length; the audio is ``min(duration, max_duration_seconds)`` long,
+        or 1 s of silence for an empty score (as in the original).
+        """
+        self._flush()
+        num_samples = int(self.sample_rate * min(duration_seconds, self.max_duration_seconds))
+        if num_samples <= 0:
+            return np.zeros((2, self.sample_rate), dtype=np.float32)
+        sequencer = tinysoundfont.Sequencer(self.synth)
+        sequencer.add(tinysoundfont.midi.load_memory(midi, persistent=False))
+        interleaved = np.frombuffer(self.synth.generate(num_samples), dtype=np.float32)  # no copy: a view
+        audio = np.empty((2, num_samples), dtype=np.float32)
+        np.divide(interleaved.reshape(num_samples, 2).T, np.abs(interleaved).max() + np.float32(1e-6), out=audio)
+        return audio
+
+
+# --- the pool -------------------------------------------------------------------------------------------------
+# Messages, parent -> worker: (soundfont, sample_rate, max_seconds) once, then (job, midi, seconds) per job, and
+# None to stop. Worker -> parent: ("ready", pid) or ("init-error", message) once, then (job, audio, None) or
+# (job, None, message) per job.
+
+
+class _Worker:
+    """A worker process and the two pipe ends the parent holds."""
+
+    def __init__(self, init_message: tuple[str, int, float]):
+        to_worker_r, to_worker_w = os.pipe()
+        from_worker_r, from_worker_w = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), str(to_worker_r), str(from_worker_w)],
+                pass_fds=(to_worker_r, from_worker_w),
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            for fd in (to_worker_r, to_worker_w, from_worker_r, from_worker_w):
+                os.close(fd)
+            raise
+        os.close(to_worker_r)
+        os.close(from_worker_w)
+        self.inbox = Connection(from_worker_r, writable=False)
+        self.outbox = Connection(to_worker_w, readable=False)
+        self.ready = False
+        self.job: int | None = None  # the job it is rendering
+        self.outbox.send(init_message)
+
+    def stop(self, timeout: float) -> None:
+        """Ask the worker to exit, wait for it, kill it if it does not."""
+        try:
+            self.outbox.send(None)
+        except OSError:
+            pass
+        for connection in (self.outbox, self.inbox):
+            try:
+                connection.close()
+            except OSError:
+                pass
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _stop_workers(workers: list[_Worker], timeout: float) -> None:
+    for worker in workers:
+        worker.stop(timeout)
+    workers.clear()
+
+
+class RenderPool:
+    """``num_workers`` processes, each with its own ``SoundfontRenderer``; see the module docstring."""
+
+    def __init__(self, soundfont_path: str, sample_rate: int, max_duration_seconds: float, num_workers: int):
+        if num_workers < 1:
+            raise ValueError(f"num_workers={num_workers!r}: a render pool needs at least one worker")
+        self._init_message = (os.path.abspath(soundfont_path), sample_rate, max_duration_seconds)
+        self.num_workers = num_workers
+        self._workers: list[_Worker] = []
+        # Stops the workers when the pool is garbage-collected, closed, or at interpreter exit (whichever first).
+        self._finalizer = weakref.finalize(self, _stop_workers, self._workers, CLOSE_TIMEOUT_SECONDS)
+        for _ in range(num_workers):
+            self._workers.append(_Worker(self._init_message))
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def close(self) -> None:
+        """Stop every worker (idempotent)."""
+        self._finalizer()
+
+    def __enter__(self) -> RenderPool:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def worker_pids(self) -> list[int]:
+        return [worker.process.pid for worker in self._workers]
+
+    def render_many(
+        self, jobs: Sequence[tuple[bytes, float]], costs: Sequence[float] | None = None
+    ) -> list[np.ndarray | str]:
+        """Render ``(midi bytes, duration seconds)`` jobs; for each, in order, its audio or an error message.
+
+        ``costs`` (optional, one number per job) sets the hand-out order, most expensive first, which shortens
+        the wait for the last job when costs vary. A worker that dies fails its job and is replaced.
+        """
+        if self.closed:
+            raise RuntimeError("render pool is closed")
+        results: list[np.ndarray | str | None] = [None] * len(jobs)
+        order = sorted(range(len(jobs)), key=lambda i: -costs[i]) if costs is not None else list(range(len(jobs)))
+        order.reverse()  # pop() from the end hands out the first in order
+        busy: dict[Connection, _Worker] = {}
+
+        resent: set[int] = set()
+
+        def hand_out(worker: _Worker) -> None:
+            while order:
+                job = order.pop()
+                midi, seconds = jobs[job]
+                try:
+                    worker.outbox.send((job, midi, float(seconds)))
+                except OSError:  # it died while idle: replace it and give the job to the new one (once)
+                    if job in resent:
+                        results[job] = f"render worker {worker.process.pid} is gone"
+                    else:
+                        resent.add(job)
+                        order.append(job)
+                    worker = self._replace(worker)
+                    continue
+                worker.job = job
+                busy[worker.inbox] = worker
+                return
+
+        for worker in list(self._workers):
+            hand_out(worker)
+        while busy:
+            for connection in wait(list(busy)):
+                worker = busy.pop(connection)
+                try:
+                    message = connection.recv()
+                except (EOFError, OSError):
+                    code = worker.process.wait()
+                    if not worker.ready:
+                        self.close()
+                        raise RuntimeError(f"render worker exited with code {code} while loading the soundfont")
+                    results[worker.job] = f"render worker exited with code {code}"
+                    hand_out(self._replace(worker))
+                    continue
+                if message[0] == "ready":
+                    worker.ready = True
+                    busy[connection] = worker  # its job is still to come
+                    continue
+                if message[0] == "init-error":
+                    self.close()
+                    raise RuntimeError(f"render worker could not load {self._init_message[0]}: {message[1]}")
+                job, audio, error = message
+                results[job] = audio if error is None else error
+                worker.job = None
+                hand_out(worker)
+        return results  # type: ignore[return-value]  # every slot is filled
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        """A fresh worker in place of one that died."""
+        worker.stop(timeout=0)
+        new = _Worker(self._init_message)
+        new.ready = worker.ready  # it loads the same soundfont; a load failure is still reported as one
+        self._workers[self._workers.index(worker)] = new
+        return new
+
+
+def _worker_main(read_fd: int, write_fd: int) -> None:
+    """A worker's loop: load the soundfont, then render jobs until told to stop or the parent goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    inbox = Connection(read_fd, writable=False)
+    outbox = Connection(write_fd, readable=False)
+    try:
+        soundfont, sample_rate, max_seconds = inbox.recv()
+        try:
+            renderer = SoundfontRenderer(soundfont, sample_rate, max_seconds)
+        except Exception as error:
+            outbox.send(("init-error", f"{type(error).__name__}: {error}"))
+            return
+        outbox.send(("ready", os.getpid()))
+        while (message := inbox.recv()) is not None:
+            job, midi, seconds = message
+            try:
+                audio = renderer.render_midi(midi, seconds)
+            except Exception as error:  # a score the synth cannot play fails alone
+                outbox.send((job, None, f"{type(error).__name__}: {error}"))
+            else:
+                outbox.send((job, audio, None))
+    except (EOFError, OSError):  # the parent closed the pool or died
+        pass
+
+
+if __name__ == "__main__":
+    _worker_main(int(sys.argv[1]), int(sys.argv[2]))

@@ -1,0 +1,116 @@
+"""The render pool: the original method's audio from worker processes, in order, with failures contained."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from bench.original import OriginalTinySoundfontRenderer
+from processors import TinySoundfontSynthProcessor, crop_score, score_seconds
+from render_pool import RenderPool, default_render_workers
+from scores import make_score, random_scores
+
+SAMPLE_RATE = 48000
+
+
+def records_of(scores):
+    return [{"idx": i, "sm": s, "sm_duration": score_seconds(s), "normalized_rewards": {}} for i, s in enumerate(scores)]
+
+
+def varied_scores():
+    """Random scores (empty ones, 40-200 qpm) plus long, dense and slow ones that run far past 10 s."""
+    scores = random_scores(18, seed=7)
+    scores += [
+        make_score([(i / 4, 0.5, 40 + i % 48, 100) for i in range(400)], qpm=40),  # 100 beats at 40 qpm: 150 s
+        make_score([(i, 8, 30 + i % 60, 127) for i in range(60)], qpm=200),  # long overlapping notes
+        make_score([(0, 1, 60, 80)]),  # a single short note
+        make_score([(11 * 2, 1, 60, 80)]),  # starts after the 10 s cut
+    ]
+    return [crop_score(s, 100) for s in scores]
+
+
+@pytest.fixture(scope="module")
+def expected_audio(soundfont):
+    """The original method's audio for ``varied_scores()``, rendered one after another as the original does."""
+    original = OriginalTinySoundfontRenderer(soundfont, SAMPLE_RATE, max_duration_seconds=10)
+    return [original.render(s, score_seconds(s)) for s in varied_scores()]
+
+
+@pytest.fixture(scope="module")
+def pooled(soundfont):
+    processor = TinySoundfontSynthProcessor(soundfont, SAMPLE_RATE, max_duration_seconds=10, num_workers=2)
+    yield processor
+    processor.close()
+
+
+def assert_equal_to_original(records, expected):
+    assert len(records) == len(expected)
+    for record, audio in zip(records, expected):
+        assert record["audio"].dtype == np.float32
+        assert record["audio"].shape == audio.shape
+        assert np.abs(record["audio"] - audio).max() <= 1e-5
+        assert record["audio_duration"] == audio.shape[1] / SAMPLE_RATE
+        assert not record.get("errors")
+
+
+def test_two_workers_render_the_original_audio_over_many_scores_in_order(pooled, expected_audio):
+    assert pooled.pool is not None and len(pooled.pool.worker_pids()) == 2
+    for _ in range(2):  # the workers keep their synths between batches
+        assert_equal_to_original(pooled(records_of(varied_scores())), expected_audio)
+    assert sum(np.abs(a).max() > 0.99 for a in expected_audio) > 10  # real, peak-normalised audio
+
+
+def test_one_worker_renders_in_process_with_the_same_audio(soundfont, expected_audio):
+    processor = TinySoundfontSynthProcessor(soundfont, SAMPLE_RATE, 10)  # the original constructor
+    assert processor.pool is None and processor.num_workers == 1
+    assert_equal_to_original(processor(records_of(varied_scores())), expected_audio)
+    single = varied_scores()[-3]
+    assert np.array_equal(processor.render(single, score_seconds(single)), expected_audio[-3])
+
+
+def test_a_failing_record_gets_one_second_of_silence_and_a_reason(pooled, expected_audio):
+    records = records_of(varied_scores()[:3])
+    records[1]["sm"] = "not a score"  # no dumps_midi: fails in the parent
+    pooled(records)
+    assert records[1]["audio"].shape == (2, SAMPLE_RATE) and not records[1]["audio"].any()
+    assert records[1]["errors"][0].startswith("render: AttributeError")
+    assert np.abs(records[2]["audio"] - expected_audio[2]).max() <= 1e-5
+
+    # A job the worker cannot render fails alone, and the worker keeps serving.
+    results = pooled.pool.render_many([(b"not midi", 5.0), (varied_scores()[0].dumps_midi(), score_seconds(varied_scores()[0]))])
+    assert isinstance(results[0], str) and isinstance(results[1], np.ndarray)
+    assert np.abs(results[1] - expected_audio[0]).max() <= 1e-5
+
+
+def test_a_dead_worker_is_replaced(soundfont, expected_audio):
+    scores = varied_scores()
+    jobs = [(s.dumps_midi(), score_seconds(s)) for s in scores]
+    with RenderPool(soundfont, SAMPLE_RATE, 10, num_workers=2) as pool:
+        pool.render_many(jobs[:2])
+        victim = pool.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        os.waitid(os.P_PID, victim, os.WEXITED | os.WNOWAIT)  # dead (not yet reaped: the pool does that)
+        results = pool.render_many(jobs)
+        assert victim not in pool.worker_pids()
+        assert all(isinstance(r, np.ndarray) for r in results)
+        assert max(np.abs(r - e).max() for r, e in zip(results, expected_audio)) <= 1e-5
+        pids = pool.worker_pids()
+    assert pool.closed
+    for pid in pids:  # every worker has exited and been reaped
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.render_many(jobs[:1])
+
+
+def test_pool_arguments_are_checked(tmp_path):
+    with pytest.raises(ValueError):
+        TinySoundfontSynthProcessor("unused.sf2", SAMPLE_RATE, 10, num_workers=0)
+    bad = tmp_path / "broken.sf2"
+    bad.write_bytes(b"not a soundfont")
+    processor = TinySoundfontSynthProcessor(str(bad), SAMPLE_RATE, 10, num_workers=2)  # workers load it in the background
+    with pytest.raises(RuntimeError, match="could not load"):
+        processor(records_of([make_score([(0, 1, 60, 80)])]))
+    assert processor.pool.closed
+    assert default_render_workers() >= 1
