@@ -29,6 +29,7 @@ from render_pool import RenderPool, SoundfontRenderer
 
 Record = dict[str, Any]
 AES_AXES = ("CE", "CU", "PC", "PQ")
+AUDIOBOX_WINDOW_SECONDS = 10  # the predictor scores 10 s windows; a clip up to this long is one window
 
 
 def add_error(record: Record, message: str) -> None:
@@ -167,24 +168,85 @@ class AudioBoxAesRewardProcessor(Processor):
     """Meta Audiobox Aesthetics scores of the rendered audio: CE, CU, PC, PQ on a 1-10 scale, rewards = score/10.
 
     ``checkpoint=None`` loads the hub checkpoint (needs a network or the HF cache); a local ``checkpoint.pt`` in
-    the format ``audiobox_aesthetics`` saves works offline. All of a step's clips go through one predictor call.
+    the format ``audiobox_aesthetics`` saves works offline. The model runs on the predictor's device (the GPU
+    when there is one).
+
+    A step's clips are scored together (``batched_scores``): stacked zero-padded on the device, resampled to
+    16 kHz there, made mono, masked past each clip's end and put through one model forward, which is what
+    ``audiobox_aesthetics``' predictor computes for clips of up to 10 s (one window each), without its per-clip
+    CPU resampling and per-clip result loop. Longer clips (several windows) go through the predictor itself.
+
+    ``bf16=True`` (opt-in) runs the model under bf16 autocast, the mode the upstream model defines but never
+    enables; bench/reward_pipeline.py measures how far its scores move from fp32's.
     """
 
-    def __init__(self, checkpoint: str | None = None):
+    def __init__(self, checkpoint: str | None = None, bf16: bool = False):
         from audiobox_aesthetics.infer import initialize_predictor  # imports torchaudio; only when used
 
         self.checkpoint = checkpoint
         self.aes_predictor = initialize_predictor(ckpt=checkpoint)
+        self.bf16 = bf16
+        if bf16:  # upstream maps precision to a dtype and then tests the string, so autocast is never enabled
+            self.aes_predictor.model.precision = torch.bfloat16
+            self.aes_predictor.model.enable_autocast = True
+
+    def batched_scores(self, audios: list[np.ndarray], sample_rate: int) -> np.ndarray:
+        """Scores of (channels, samples) clips at one sample rate, as an array of shape (clips, 4) in AES_AXES order."""
+        import torchaudio  # audiobox_aesthetics needs it anyway
+
+        predictor = self.aes_predictor
+        device = predictor.device
+        window = AUDIOBOX_WINDOW_SECONDS * predictor.sample_rate
+        gcd = math.gcd(int(sample_rate), predictor.sample_rate)
+        # The resampled length of each clip, computed as torchaudio.functional.resample computes it.
+        lengths = [
+            int(torch.ceil(torch.as_tensor(predictor.sample_rate // gcd * a.shape[-1] / (int(sample_rate) // gcd))))
+            for a in audios
+        ]
+        scores = np.empty((len(audios), len(AES_AXES)), dtype=np.float32)
+        fits = [0 < n <= window for n in lengths]
+        long = [i for i, fit in enumerate(fits) if not fit]
+        if long:  # several 10 s windows per clip: the reference predictor weights them
+            rows = predictor.forward(
+                [{"path": torch.from_numpy(np.ascontiguousarray(audios[i])).float(), "sample_rate": sample_rate}
+                 for i in long]
+            )
+            scores[long] = [[row[axis] for axis in AES_AXES] for row in rows]
+        short = [i for i, fit in enumerate(fits) if fit]
+        if not short:
+            return scores
+        with torch.inference_mode():
+            clips = [torch.from_numpy(np.ascontiguousarray(audios[i], dtype=np.float32)).T for i in short]
+            batch = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)  # (clips, samples, channels)
+            batch = batch.to(device, non_blocking=True).transpose(1, 2).contiguous()
+            wav = torchaudio.functional.resample(batch, orig_freq=int(sample_rate), new_freq=predictor.sample_rate)
+            wav = wav.mean(dim=1)  # mono, after resampling as upstream does
+            wav = torch.nn.functional.pad(wav, (0, window - wav.shape[-1]))
+            mask = torch.arange(window, device=device)[None, :] < torch.tensor([lengths[i] for i in short], device=device)[:, None]
+            wav = wav.masked_fill(~mask, 0.0)
+            preds = predictor.model({"wav": wav[:, None, :], "mask": mask[:, None, :]})
+            mean = torch.tensor([predictor.target_transform[axis].mean for axis in AES_AXES], device=device)
+            std = torch.tensor([predictor.target_transform[axis].std for axis in AES_AXES], device=device)
+            batched = torch.stack([preds[axis].float() for axis in AES_AXES], dim=1) * std + mean
+            scores[short] = batched.cpu().numpy()
+        return scores
 
     def __call__(self, records: list[Record]) -> list[Record]:
-        inputs = [
-            {"path": torch.from_numpy(np.ascontiguousarray(r["audio"])).float(), "sample_rate": r["sample_rate"]}
-            for r in records
-        ]
-        with torch.inference_mode():
-            scores = self.aes_predictor.forward(inputs)
-        for record, score in zip(records, scores):
-            record["aes_scores"] = {axis: float(score[axis]) for axis in AES_AXES}
+        if not records:
+            return records
+        rates = {r["sample_rate"] for r in records}
+        if len(rates) == 1 and len({np.shape(r["audio"])[0] for r in records}) == 1:
+            scores = self.batched_scores([r["audio"] for r in records], rates.pop())
+        else:  # mixed sample rates or channel counts: the reference predictor handles each clip on its own
+            inputs = [
+                {"path": torch.from_numpy(np.ascontiguousarray(r["audio"])).float(), "sample_rate": r["sample_rate"]}
+                for r in records
+            ]
+            with torch.inference_mode():
+                rows = self.aes_predictor.forward(inputs)
+            scores = np.array([[row[axis] for axis in AES_AXES] for row in rows], dtype=np.float32)
+        for record, row in zip(records, scores.tolist()):
+            record["aes_scores"] = dict(zip(AES_AXES, row))
             for axis in AES_AXES:
                 record["normalized_rewards"][axis] = record["aes_scores"][axis] / 10
         return records
