@@ -222,7 +222,8 @@ class AudioBoxAesRewardProcessor(Processor):
             wav = torchaudio.functional.resample(batch, orig_freq=int(sample_rate), new_freq=predictor.sample_rate)
             wav = wav.mean(dim=1)  # mono, after resampling as upstream does
             wav = torch.nn.functional.pad(wav, (0, window - wav.shape[-1]))
-            mask = torch.arange(window, device=device)[None, :] < torch.tensor([lengths[i] for i in short], device=device)[:, None]
+            ends = torch.tensor([lengths[i] for i in short], device=device)
+            mask = torch.arange(window, device=device)[None, :] < ends[:, None]
             wav = wav.masked_fill(~mask, 0.0)
             preds = predictor.model({"wav": wav[:, None, :], "mask": mask[:, None, :]})
             mean = torch.tensor([predictor.target_transform[axis].mean for axis in AES_AXES], device=device)

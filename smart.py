@@ -46,6 +46,7 @@ SOUNDFONT = "musescore"  # soundfont name (see soundfonts/README.md) or path to 
 SAMPLE_RATE = 48000  # render sample rate (Hz)
 MAX_BEATS = 100  # crop decoded MIDI to this many beats
 MAX_AUDIO_DURATION = 10  # seconds of audio rendered and scored (Audiobox's receptive field)
+RENDER_WORKERS: int | None = None  # render processes; None = the CPU cores available (per local rank), 1 = in-process
 # --- output ---------------------------------------------------------------------------------------------------
 OUTPUT_DIR: str | None = None  # run directory; None = a new, timestamped folder under artefacts/runs/
 SAVE_STEPS = 20  # checkpoint every this many steps
@@ -84,6 +85,7 @@ from midi_tokenizer import load_tokenizers  # noqa: E402
 from preflight import check_config  # noqa: E402
 from processors import MidiTokToSymusicProcessor, TinySoundfontSynthProcessor, reward_processors_for  # noqa: E402
 from prompts import build_prompts  # noqa: E402
+from render_pool import default_render_workers  # noqa: E402
 from report import plot_training  # noqa: E402
 from reward_manager import RewardManager  # noqa: E402
 from soundfonts import resolve_soundfont  # noqa: E402
@@ -188,7 +190,10 @@ if __name__ == "__main__":
     reward_manager = RewardManager(
         processors=[
             MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=MAX_BEATS),
-            TinySoundfontSynthProcessor(resolve_soundfont(SOUNDFONT), SAMPLE_RATE, MAX_AUDIO_DURATION),
+            TinySoundfontSynthProcessor(
+                resolve_soundfont(SOUNDFONT), SAMPLE_RATE, MAX_AUDIO_DURATION,
+                num_workers=default_render_workers() if RENDER_WORKERS is None else RENDER_WORKERS,
+            ),
             *reward_processors_for(REWARD_WEIGHTS, AUDIOBOX_CHECKPOINT),
         ],
         reward_weights=REWARD_WEIGHTS,

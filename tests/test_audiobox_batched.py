@@ -38,7 +38,8 @@ def music(soundfont):
 
 def batch_size_recorder(processor):
     sizes = []
-    hook = processor.aes_predictor.model.register_forward_hook(lambda m, args, out: sizes.append(args[0]["wav"].shape[0]))
+    model = processor.aes_predictor.model
+    hook = model.register_forward_hook(lambda module, args, out: sizes.append(args[0]["wav"].shape[0]))
     return sizes, hook
 
 
@@ -73,7 +74,8 @@ def test_clips_longer_than_one_window_go_through_the_reference_predictor(process
     monkeypatch.setattr(processor.aes_predictor, "forward", reference)
     sizes, hook = batch_size_recorder(processor)
     silence = np.zeros((2, SAMPLE_RATE), dtype=np.float32)
-    records = processor([{"audio": a, "sample_rate": SAMPLE_RATE, "normalized_rewards": {}} for a in (silence, music[1])])
+    records = processor([{"audio": a, "sample_rate": SAMPLE_RATE, "normalized_rewards": {}}
+                         for a in (silence, music[1])])
     hook.remove()
     assert passed == [492000] and sizes == [1]
     assert records[1]["aes_scores"] == dict.fromkeys(AES_AXES, 7.0)

@@ -15,7 +15,8 @@ SAMPLE_RATE = 48000
 
 
 def records_of(scores):
-    return [{"idx": i, "sm": s, "sm_duration": score_seconds(s), "normalized_rewards": {}} for i, s in enumerate(scores)]
+    return [{"idx": i, "sm": s, "sm_duration": score_seconds(s), "normalized_rewards": {}}
+            for i, s in enumerate(scores)]
 
 
 def varied_scores():
@@ -78,7 +79,8 @@ def test_a_failing_record_gets_one_second_of_silence_and_a_reason(pooled, expect
     assert np.abs(records[2]["audio"] - expected_audio[2]).max() <= 1e-5
 
     # A job the worker cannot render fails alone, and the worker keeps serving.
-    results = pooled.pool.render_many([(b"not midi", 5.0), (varied_scores()[0].dumps_midi(), score_seconds(varied_scores()[0]))])
+    first = varied_scores()[0]
+    results = pooled.pool.render_many([(b"not midi", 5.0), (first.dumps_midi(), score_seconds(first))])
     assert isinstance(results[0], str) and isinstance(results[1], np.ndarray)
     assert np.abs(results[1] - expected_audio[0]).max() <= 1e-5
 
@@ -109,7 +111,7 @@ def test_pool_arguments_are_checked(tmp_path):
         TinySoundfontSynthProcessor("unused.sf2", SAMPLE_RATE, 10, num_workers=0)
     bad = tmp_path / "broken.sf2"
     bad.write_bytes(b"not a soundfont")
-    processor = TinySoundfontSynthProcessor(str(bad), SAMPLE_RATE, 10, num_workers=2)  # workers load it in the background
+    processor = TinySoundfontSynthProcessor(str(bad), SAMPLE_RATE, 10, num_workers=2)  # loads in the background
     with pytest.raises(RuntimeError, match="could not load"):
         processor(records_of([make_score([(0, 1, 60, 80)])]))
     assert processor.pool.closed
