@@ -211,8 +211,14 @@ class Converter:
         with self.manifest_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def convert_work(self, work: music21.stream.Score, work_id: str, collection: str) -> dict:
-        """Convert one work and record it; returns the record."""
+    def _record_work(self, record: dict) -> None:
+        """Keep a work's outcome in memory (caps, summary) and in the manifest (resuming)."""
+        self.works[record["id"]] = record
+        self.converted[record["collection"]] += record["status"] == "ok"
+        self._append(record)
+
+    def convert_work(self, work: music21.stream.Score, work_id: str, collection: str) -> None:
+        """Convert one work to ``midi/<id>.mid`` and record the outcome."""
         record = {"kind": "work", "id": work_id, "collection": collection}
         try:
             notes, time_sigs, tempos = score_events(work)
@@ -224,11 +230,9 @@ class Converter:
             else:
                 rel = Path("midi") / (work_id.replace("/", "__").replace("#", "_") + ".mid")
                 build_score(notes, time_sigs, tempos, work_seed(self.seed, work_id)).dump_midi(self.out / rel)
-                record.update(status="ok", path=str(rel), notes=len(notes), quarters=float(notes[:, :2].sum(1).max() / TPQ))
-        self.works[work_id] = record
-        self.converted[collection] += record["status"] == "ok"
-        self._append(record)
-        return record
+                end = notes[:, 0] + notes[:, 1]
+                record.update(status="ok", path=str(rel), notes=len(notes), quarters=float(end.max() / TPQ))
+        self._record_work(record)
 
     def convert_file(self, path: Path, collection: str, cap: int | None) -> None:
         """Convert the works of one source file, stopping at the collection's cap."""
@@ -236,8 +240,8 @@ class Converter:
         try:
             works = parse_works(path)
         except Exception as error:  # unparsable file (e.g. unsupported encoding): one skipped record
-            self._append({"kind": "work", "id": rel, "collection": collection, "status": "skipped",
-                          "reason": f"parse failed: {type(error).__name__}: {error}"[:200]})
+            self._record_work({"kind": "work", "id": rel, "collection": collection, "status": "skipped",
+                               "reason": f"parse failed: {type(error).__name__}: {error}"[:200]})
             works = []
         for index, work in enumerate(works):
             if cap is not None and self.converted[collection] >= cap:

@@ -274,7 +274,9 @@ def evaluate(model: Phi3ForCausalLM, crops: list[np.ndarray], batch_size: int, p
 
 def _autocast(device: torch.device):
     """bf16 autocast on CUDA (as the paper trained); plain fp32 on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
 
 
 def save_checkpoint(model: Phi3ForCausalLM, bridge, out: Path) -> None:
