@@ -58,7 +58,7 @@ class MidiTokToSymusicProcessor(Processor):
     """Decode ``prompt_and_completion`` token ids with a miditok tokenizer into a cropped ``symusic`` Score.
 
     Ids outside the vocabulary are dropped (miditok raises ``KeyError`` on them) and any decode failure gives an
-    empty score; both are noted in ``record["errors"]``.
+    empty score. These, and a score without notes (whose rewards are fallbacks), are noted in ``record["errors"]``.
     """
 
     def __init__(self, tokenizer: miditok.MusicTokenizer, is_multitrack: bool, max_beats: int | None):
@@ -85,6 +85,8 @@ class MidiTokToSymusicProcessor(Processor):
             score = self.decode(ids, record)
             if self.max_beats is not None:
                 score = crop_score(score, self.max_beats)
+            if score.note_num() == 0:
+                add_error(record, "decode: no notes")
             record["sm"] = score
             record["sm_duration"] = score_seconds(score)
         return records

@@ -99,11 +99,31 @@ class RewardManager:
         seconds: dict[str, float] = {}
         for processor in self.processors:
             start = time.perf_counter()
-            processor(records)
+            self.apply_guarded(processor, records)
             seconds[type(processor).__name__] = time.perf_counter() - start
         timing = ", ".join(f"{name} {s:.2f}s" for name, s in seconds.items())
         print(f"[reward step {self.global_reward_step}] {timing}", flush=True)
         return seconds
+
+    def apply_guarded(self, processor: Processor, records: list[Record]) -> None:
+        """Run ``processor`` on the batch without letting an exception end the run.
+
+        Processors should not raise on a bad record, but one that does (a bug, an input nobody foresaw) would
+        otherwise stop hours of training. The batch is then re-run record by record, so only the records that
+        still fail lose that processor's rewards (counted as 0), each with the exception logged in ``errors``.
+        """
+        try:
+            processor(records)
+            return
+        except Exception as error:
+            name = type(processor).__name__
+            print(f"[reward step {self.global_reward_step}] {name} raised {type(error).__name__}: {error}; "
+                  "re-running it record by record", flush=True)
+        for record in records:
+            try:
+                processor([record])
+            except Exception as error:
+                add_error(record, f"{name}: {type(error).__name__}: {error}")
 
     def total_reward(self, record: Record) -> float:
         """Weighted mean of the record's normalised rewards; a missing or non-finite reward counts as 0, logged."""
@@ -137,12 +157,13 @@ class RewardManager:
         midi_dir = self.output_dir / "midi" / str(step)
         midi_dir.mkdir(parents=True, exist_ok=True)
         for record in records:
-            record["sm"].dump_midi(str(midi_dir / self._name(f"reward={record['reward']:.4f}_{record['idx']}.mid")))
+            if "sm" in record:  # absent only where the decoder itself failed on this record (logged in errors)
+                record["sm"].dump_midi(str(midi_dir / self._name(f"reward={record['reward']:.4f}_{record['idx']}.mid")))
 
         if step % self.audio_save_interval == 0:
             audio_dir = self.output_dir / "audio" / str(step)
             audio_dir.mkdir(parents=True, exist_ok=True)
-            for record in records:
+            for record in (r for r in records if "audio" in r):
                 path = audio_dir / self._name(f"reward={record['reward']:.4f}_{record['idx']}.wav")
                 soundfile.write(path, np.asarray(record["audio"]).T, record["sample_rate"], subtype="PCM_16")
 

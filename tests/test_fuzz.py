@@ -1,0 +1,177 @@
+"""Garbage in, finite reward out: any token sequence a model can emit goes through the real reward chain without
+raising, gets a reward in [0, 1], and has its reason logged in the step's parquet ``errors`` column."""
+
+import math
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import symusic
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench import fuzz_rewards
+from midi_tokenizer import default_remi
+from processors import (
+    AudioActivityReward,
+    FilledBeatsReward,
+    MidiTokToSymusicProcessor,
+    NoteDensityReward,
+    Processor,
+    ScaleConsistencyReward,
+    TinySoundfontSynthProcessor,
+    score_seconds,
+)
+from reward_manager import RewardManager
+from scores import make_score
+
+REMI = default_remi()
+VOCAB = len(REMI)
+PROMPT_IDS = [REMI.vocab[t] for t in fuzz_rewards.PROMPT]
+BATCH = 16
+EXAMPLES = 64  # 64 batches x 16 = 1024 sequences
+
+
+def ids_of(kind: str) -> list[int]:
+    return [i for token, i in REMI.vocab.items() if token.startswith(kind + "_")]
+
+
+PITCHES, LOUDEST, LONGEST = ids_of("Pitch"), ids_of("Velocity")[-1], ids_of("Duration")[-1]
+
+
+def chord(size: int, pitch: int, spread_pitches: bool) -> list[int]:
+    ids = [REMI.vocab["Position_0"]]
+    for k in range(size):
+        ids += [PITCHES[(pitch + k * spread_pitches) % len(PITCHES)], LOUDEST, LONGEST]
+    return ids
+
+
+def held_note_then_silence(bars: int, second_note: bool) -> list[int]:
+    note = [REMI.vocab["Position_0"], PITCHES[40], LOUDEST, LONGEST]
+    return note + [REMI.vocab["Bar_None"]] * bars + (note if second_note else [])
+
+
+SPECIALS = [i for token, i in REMI.vocab.items() if token.endswith("_None") and token != "Bar_None"]
+EVENT = st.one_of(
+    st.just([REMI.vocab["Bar_None"]]),
+    *(st.sampled_from(ids_of(kind)).map(lambda i: [i]) for kind in ("Position", "Tempo", "TimeSig")),
+    st.tuples(*(st.sampled_from(ids_of(kind)) for kind in ("Pitch", "Velocity", "Duration"))).map(list),
+    st.sampled_from(SPECIALS).map(lambda i: [i]),  # PAD, BOS, EOS, ... in the middle
+)
+SEQUENCE = st.one_of(
+    st.just([]),
+    st.lists(st.integers(min_value=-5, max_value=VOCAB + 50), max_size=400),  # uniform, out-of-vocab included
+    st.lists(EVENT, max_size=150).map(lambda events: [i for event in events for i in event]),  # REMI-shaped
+    st.builds(chord, st.integers(1, 10_000), st.integers(0, 87), st.booleans()),  # up to 10,000 notes at once
+    st.builds(held_note_then_silence, st.integers(0, 250), st.booleans()),  # up to 1000 silent beats
+)
+
+
+def weight_free_chain(output_dir, soundfont, sample_rate, seconds):
+    return RewardManager(
+        processors=[
+            MidiTokToSymusicProcessor(REMI, is_multitrack=False, max_beats=100),
+            TinySoundfontSynthProcessor(soundfont, sample_rate, seconds),
+            ScaleConsistencyReward(), NoteDensityReward(), FilledBeatsReward(), AudioActivityReward(),
+        ],
+        reward_weights=fuzz_rewards.WEIGHTS,
+        output_dir=output_dir,
+        audio_save_interval=1_000_000,
+    )
+
+
+def test_any_token_sequence_gets_a_finite_reward_with_its_reason_logged(tmp_path, soundfont):
+    manager = weight_free_chain(tmp_path, soundfont, 16000, 1.0)
+    seen: list[int] = []
+
+    @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(st.booleans(), SEQUENCE), min_size=BATCH, max_size=BATCH))
+    def check(batch):
+        step = manager.global_reward_step
+        prompt_ids = [PROMPT_IDS if with_prompt else [] for with_prompt, _ in batch]
+        completions = [ids for _, ids in batch]
+        rewards = manager(prompts=[""] * len(batch), completion_ids=completions, prompt_ids=prompt_ids,
+                          log_metric=lambda name, value: None)
+
+        assert len(rewards) == len(batch)
+        assert all(isinstance(r, float) and math.isfinite(r) and 0.0 <= r <= 1.0 for r in rewards), rewards
+        rows = pq.read_table(tmp_path / "rl_logs" / str(step) / "logs.parquet").to_pylist()
+        assert [row["reward"] for row in rows] == rewards
+        assert {row["reward_step"] for row in rows} == {step}
+        for row, prompt, completion in zip(rows, prompt_ids, completions):
+            ids = prompt + completion
+            if any(not 0 <= i < VOCAB for i in ids):
+                assert "ids outside the vocabulary" in row["errors"]
+            [midi] = (tmp_path / "midi" / str(step)).glob(f"reward=*_{row['idx']}.mid")
+            if symusic.Score(midi).note_num() == 0:
+                assert "decode: no notes" in row["errors"]
+        seen.append(len(batch))
+
+    check()
+    assert sum(seen) >= 1000
+
+
+def test_a_10000_note_chord_costs_well_under_a_second_of_rendering(tmp_path, soundfont):
+    """At the real settings (48 kHz, 10 s): the chord must not stall a reward step."""
+    manager = weight_free_chain(tmp_path, soundfont, 48000, 10)
+    completions = [chord(10_000, 39, spread_pitches=False), chord(10_000, 0, spread_pitches=True)]
+    manager(prompts=[""] * 2, completion_ids=completions[:1], prompt_ids=[PROMPT_IDS])  # warm-up
+    start = time.perf_counter()
+    rewards = manager(prompts=[""] * 2, completion_ids=completions, prompt_ids=[PROMPT_IDS] * 2)
+    elapsed = time.perf_counter() - start
+    print(f"two 10,000-note chords: {elapsed:.2f} s")
+    assert elapsed < 3.0  # about 0.5 s each on a loaded 1-core machine
+    assert all(0.0 <= r <= 1.0 for r in rewards)
+
+
+@pytest.mark.parametrize(
+    "notes",
+    [
+        [(0, 1000, 60, 90)],  # one note lasting 1000 beats
+        [(0, 1000, 21 + k % 88, 127) for k in range(10_000)],  # 10,000 notes held for 1000 beats
+        [(b, 0.001, 108, 1) for b in range(0, 1000, 10)],  # inaudible clicks spread over 1000 beats
+        [],
+    ],
+    ids=["1000-beat note", "10000-note chord of 1000 beats", "clicks", "empty"],
+)
+def test_pathological_scores_render_and_score_in_bounded_time(soundfont, notes):
+    """Scores no token sequence of this vocabulary can express (its longest note is 4 beats), but another
+    tokenizer's could: the renderer and the rewards still give finite values, within a bounded time."""
+    score = make_score(notes)
+    records = [{"idx": 0, "sm": score, "sm_duration": score_seconds(score), "normalized_rewards": {}}]
+    start = time.perf_counter()
+    for processor in (TinySoundfontSynthProcessor(soundfont, 48000, 10), ScaleConsistencyReward(),
+                      NoteDensityReward(), FilledBeatsReward(), AudioActivityReward()):
+        processor(records)
+    assert time.perf_counter() - start < 5.0  # about 1.2 s for the 10,000 held notes
+    assert records[0]["audio"].shape[1] <= 10 * 48000 and np.isfinite(records[0]["audio"]).all()
+    assert all(0.0 <= v <= 1.0 for v in records[0]["normalized_rewards"].values())
+
+
+class RaisesOnShortCompletions(Processor):
+    """A buggy reward: raises on any record whose completion has fewer than 3 tokens."""
+
+    def __call__(self, records):
+        for record in records:
+            if len(record["completion"]) < 3:
+                raise IndexError("completion too short")
+            record["normalized_rewards"]["length"] = 1.0
+        return records
+
+
+def test_a_processor_that_raises_costs_only_the_records_it_fails_on(tmp_path):
+    manager = RewardManager([MidiTokToSymusicProcessor(REMI, False, 100), RaisesOnShortCompletions()],
+                            {"length": 1.0}, tmp_path)
+    rewards = manager(prompts=[""] * 3, completion_ids=[[4, 5, 6], [4], [7, 8, 9]], prompt_ids=[PROMPT_IDS] * 3)
+    assert rewards == [1.0, 0.0, 1.0]
+    errors = pq.read_table(tmp_path / "rl_logs" / "0" / "logs.parquet").column("errors").to_pylist()
+    assert "RaisesOnShortCompletions: IndexError: completion too short" in errors[1]
+    assert "RaisesOnShortCompletions" not in errors[0] + errors[2]
+
+
+def test_the_fuzz_bench_runs_and_reports_zero_failures(capsys):
+    assert fuzz_rewards.main(["--n", "48", "--batch", "24", "--seconds", "1", "--sample-rate", "16000"]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("failures: 0") and "decode: no notes" in out
