@@ -17,6 +17,7 @@ Class names and constructor arguments are the original erl-j/SMART ones, so its 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import miditok
@@ -166,6 +167,48 @@ class TinySoundfontSynthProcessor(Processor):
         return records
 
 
+AES_MODEL_CONFIG_KEYS = (
+    "proj_num_layer", "proj_ln", "proj_act_fn", "proj_dropout", "nth_layer", "use_weighted_layer_sum", "precision",
+    "normalize_embed", "output_dim",
+)
+
+
+def load_aes_predictor(checkpoint: str | None) -> Any:
+    """``audiobox_aesthetics.infer.initialize_predictor(ckpt=checkpoint)``, with a local checkpoint read weights-only.
+
+    audiobox_aesthetics 0.0.4 reads ``checkpoint.pt`` with a bare ``torch.load``, which unpickles arbitrary objects
+    (running their code) wherever torch's default is not weights-only: torch < 2.6, or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
+    set. This builds the same predictor from ``torch.load(..., weights_only=True)`` instead, so a tampered checkpoint
+    is refused. The hub checkpoint (``None``) is ``model.safetensors`` and loads through the package as before.
+    """
+    from audiobox_aesthetics.infer import AXES_NAME, AesPredictor  # imports torchaudio; only when used
+    from audiobox_aesthetics.model.aes import AesMultiOutput, Normalize
+
+    class WeightsOnlyAesPredictor(AesPredictor):
+        def setup_model(self) -> None:  # AesPredictor.setup_model's local-checkpoint branch, weights-only
+            if self.checkpoint_pth is None:
+                return super().setup_model()
+            if torch.cuda.is_available():
+                self.device = torch.device("cuda")
+            elif torch.backends.mps.is_available():
+                self.device = torch.device("mps")
+            else:
+                self.device = torch.device("cpu")
+            saved = torch.load(self.checkpoint_pth, map_location=self.device, weights_only=True)
+            model = AesMultiOutput(
+                **{key: saved["model_cfg"][key] for key in AES_MODEL_CONFIG_KEYS},
+                target_transform=saved["target_transform"],
+            )
+            model.load_state_dict({re.sub("^model.", "", key): value for key, value in saved["state_dict"].items()})
+            self.model = model.to(self.device).eval()
+            self.target_transform = {
+                axis: Normalize(mean=model.target_transform[axis]["mean"], std=model.target_transform[axis]["std"])
+                for axis in AXES_NAME
+            }
+
+    return WeightsOnlyAesPredictor(checkpoint_pth=checkpoint, data_col="path")
+
+
 class AudioBoxAesRewardProcessor(Processor):
     """Meta Audiobox Aesthetics scores of the rendered audio: CE, CU, PC, PQ on a 1-10 scale, rewards = score/10.
 
@@ -183,10 +226,8 @@ class AudioBoxAesRewardProcessor(Processor):
     """
 
     def __init__(self, checkpoint: str | None = None, bf16: bool = False):
-        from audiobox_aesthetics.infer import initialize_predictor  # imports torchaudio; only when used
-
         self.checkpoint = checkpoint
-        self.aes_predictor = initialize_predictor(ckpt=checkpoint)
+        self.aes_predictor = load_aes_predictor(checkpoint)
         self.bf16 = bf16
         if bf16:  # upstream maps precision to a dtype and then tests the string, so autocast is never enabled
             self.aes_predictor.model.precision = torch.bfloat16
