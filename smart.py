@@ -105,7 +105,6 @@ from accelerate import PartialState  # noqa: E402
 from accelerate.utils import broadcast_object_list  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from evaluate import evaluate_run, read_run_logs, read_trainer_log  # noqa: E402
@@ -151,21 +150,45 @@ def new_run_dir(config: dict) -> Path:
     return run_dir
 
 
-def archive_steps_after(run_dir: Path, first_stale_step: int) -> None:
-    """Move step folders that the resumed run will redo to interrupted/<time>/, so nothing is overwritten."""
+def last_complete_checkpoint(run_dir: Path) -> tuple[Path | None, list[Path]]:
+    """The newest checkpoint-<step> the Trainer finished writing, and the newer ones it did not finish.
+
+    The Trainer writes trainer_state.json last, so a checkpoint without a readable one was cut short (killed
+    during a save); transformers' get_last_checkpoint would still pick it, and the resume would crash.
+    """
+    checkpoints = [path for path in run_dir.glob("checkpoint-*") if path.name.split("-")[-1].isdigit()]
+    unfinished = []
+    for checkpoint in sorted(checkpoints, key=lambda path: int(path.name.split("-")[-1]), reverse=True):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return checkpoint, unfinished
+        except (OSError, ValueError):
+            unfinished.append(checkpoint)
+    return None, unfinished
+
+
+def archive_after_resume(run_dir: Path, first_stale_step: int, unfinished_checkpoints: list[Path]) -> None:
+    """Move what the resumed run redoes to interrupted/<time>/, so nothing is overwritten: the step folders from
+    ``first_stale_step`` on, and checkpoints the Trainer did not finish writing."""
+    stale = [
+        step_dir
+        for folder in STEP_FOLDERS
+        for step_dir in sorted((run_dir / folder).glob("*"))
+        if step_dir.name.isdigit() and int(step_dir.name) >= first_stale_step
+    ]
     archive = run_dir / "interrupted" / time.strftime("%Y%m%d-%H%M%S")
-    for folder in STEP_FOLDERS:
-        for step_dir in sorted((run_dir / folder).glob("*")):
-            if step_dir.name.isdigit() and int(step_dir.name) >= first_stale_step:
-                (archive / folder).mkdir(parents=True, exist_ok=True)
-                shutil.move(str(step_dir), archive / folder / step_dir.name)
-    if archive.exists():
-        print(f"[smart] steps from {first_stale_step} on were redone after the resume; the old ones are in {archive}")
+    while archive.exists():  # two resumes within a second
+        archive = archive.with_name(archive.name + "+")
+    for path in stale + unfinished_checkpoints:
+        (archive / path.relative_to(run_dir)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), archive / path.relative_to(run_dir))
+    if stale or unfinished_checkpoints:
+        print(f"[smart] steps from {first_stale_step} on are redone after the resume; the old ones are in {archive}")
 
 
 if __name__ == "__main__":
     state = PartialState()
-    checkpoint = get_last_checkpoint(RESUME) if RESUME is not None else None
+    checkpoint, unfinished_checkpoints = last_complete_checkpoint(Path(RESUME)) if RESUME is not None else (None, [])
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
         print("[smart] no GPU found: training in fp32 on the CPU (TRL refuses bf16 there); USE_BF16 is ignored")
@@ -184,7 +207,7 @@ if __name__ == "__main__":
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         if RESUME is not None:
-            archive_steps_after(run_dir, start_step)
+            archive_after_resume(run_dir, start_step, unfinished_checkpoints)
         else:
             (run_dir / RUN_CONFIG_FILE).write_text(json.dumps({"config": config}, indent=2))
     state.wait_for_everyone()
@@ -253,7 +276,7 @@ if __name__ == "__main__":
         processing_class=bridge,
         callbacks=[StopOnSignal()],
     )
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     if trainer.state.global_step < NUM_TRAIN_STEPS:
         print(f"[smart] stopped at step {trainer.state.global_step}; continue with: python smart.py --RESUME={run_dir}")
         sys.exit(0)
