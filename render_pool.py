@@ -10,7 +10,8 @@ score (up to 150 s at 40 BPM) and then cut it to 10 s.
 - each worker loads the soundfont once, when the pool starts (in the background: ``RenderPool()`` returns at
   once, and the first ``render_many`` waits only for what is still loading);
 - jobs are ``(MIDI bytes, duration)``, results are float32 ``(2, N)`` arrays, returned in job order; the most
-  expensive jobs are handed out first, each to the next idle worker;
+  expensive jobs are handed out first, each to the next idle worker, two at a time so that a worker never
+  waits for the parent; the audio comes back through memory shared with the worker (no pipe, no pickle);
 - a job that fails comes back as an error message (never an exception), and a worker that dies is replaced;
 - workers are plain ``python render_pool.py`` processes started with ``subprocess`` (fork + exec, so nothing is
   inherited from a parent that already runs torch threads). Unlike ``multiprocessing``'s "spawn" they do not
@@ -25,11 +26,13 @@ render starts from the same flushed synth (tests/test_render_pool.py checks many
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 import subprocess
 import sys
 import weakref
+from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 
@@ -69,52 +72,87 @@ class SoundfontRenderer:
         self.synth.callback = None  # the previous score's sequencer must not play into this flush
         self.synth.generate(FLUSH_SECONDS * self.sample_rate)
 
-    def render_midi(self, midi: bytes, duration_seconds: float) -> np.ndarray:
+    @property
+    def max_samples(self) -> int:
+        """The most samples per channel a render returns (1 s for an empty score, else the duration cap)."""
+        return max(self.sample_rate, int(self.sample_rate * self.max_duration_seconds))
+
+    def render_midi(self, midi: bytes, duration_seconds: float, out: np.ndarray | None = None) -> np.ndarray:
         """Audio of a MIDI file's bytes as float32 of shape (2, samples), peak-normalised as x / (max|x| + 1e-6).
 
         ``duration_seconds`` is the score's length; the audio is ``min(duration, max_duration_seconds)`` long,
-        or 1 s of silence for an empty score (as in the original).
+        or 1 s of silence for an empty score (as in the original). With ``out`` (a flat float32 array of at
+        least ``2 * max_samples`` values) the audio is written there and returned as a view of it.
         """
         self._flush()
         num_samples = int(self.sample_rate * min(duration_seconds, self.max_duration_seconds))
-        if num_samples <= 0:
-            return np.zeros((2, self.sample_rate), dtype=np.float32)
+        silent = num_samples <= 0
+        if silent:
+            num_samples = self.sample_rate
+        audio = np.empty((2, num_samples), dtype=np.float32) if out is None else out[: 2 * num_samples].reshape(2, -1)
+        if silent:
+            audio[:] = 0
+            return audio
         sequencer = tinysoundfont.Sequencer(self.synth)
         sequencer.add(tinysoundfont.midi.load_memory(midi, persistent=False))
         interleaved = np.frombuffer(self.synth.generate(num_samples), dtype=np.float32)  # no copy: a view
-        audio = np.empty((2, num_samples), dtype=np.float32)
-        np.divide(interleaved.reshape(num_samples, 2).T, np.abs(interleaved).max() + np.float32(1e-6), out=audio)
+        peak = max(interleaved.max(), -interleaved.min()) + np.float32(1e-6)  # max |x|, without a temporary
+        np.divide(interleaved[0::2], peak, out=audio[0])
+        np.divide(interleaved[1::2], peak, out=audio[1])
         return audio
 
 
 # --- the pool -------------------------------------------------------------------------------------------------
-# Messages, parent -> worker: (soundfont, sample_rate, max_seconds) once, then (job, midi, seconds) per job, and
-# None to stop. Worker -> parent: ("ready", pid) or ("init-error", message) once, then (job, audio, None) or
-# (job, None, message) per job.
+# Each worker shares PREFETCH audio slots with the parent (an anonymous shared memory file): it renders into the
+# slot named in the job and the parent copies the audio out, so no audio goes through a pipe or pickle.
+# Messages, parent -> worker: (soundfont, sample_rate, max_seconds) once, then (job, slot, midi, seconds) per
+# job, and None to stop. Worker -> parent: ("ready", pid) or ("init-error", message) once, then per job
+# ("done", job, shape) or ("failed", job, message).
+
+PREFETCH = 2  # jobs queued per worker, so that it never waits for the parent between jobs
+
+
+def _shared_memory(size: int) -> int:
+    """A file descriptor of ``size`` bytes of anonymous memory that a child process can map."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("render-pool")
+    else:  # not Linux: an unlinked temp file
+        import tempfile
+
+        with tempfile.TemporaryFile() as file:
+            fd = os.dup(file.fileno())
+    os.ftruncate(fd, size)
+    return fd
 
 
 class _Worker:
-    """A worker process and the two pipe ends the parent holds."""
+    """A worker process, the pipe ends and audio slots the parent holds, and its jobs (oldest first)."""
 
-    def __init__(self, init_message: tuple[str, int, float]):
+    def __init__(self, init_message: tuple[str, int, float], slot_values: int):
         to_worker_r, to_worker_w = os.pipe()
         from_worker_r, from_worker_w = os.pipe()
+        memory_fd = _shared_memory(PREFETCH * slot_values * 4)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), str(to_worker_r), str(from_worker_w)],
-                pass_fds=(to_worker_r, from_worker_w),
+                [sys.executable, os.path.abspath(__file__), str(to_worker_r), str(from_worker_w), str(memory_fd)],
+                pass_fds=(to_worker_r, from_worker_w, memory_fd),
                 stdin=subprocess.DEVNULL,
             )
+            memory = mmap.mmap(memory_fd, PREFETCH * slot_values * 4)
         except BaseException:
             for fd in (to_worker_r, to_worker_w, from_worker_r, from_worker_w):
                 os.close(fd)
             raise
+        finally:
+            os.close(memory_fd)
         os.close(to_worker_r)
         os.close(from_worker_w)
+        self.slots = np.frombuffer(memory, dtype=np.float32).reshape(PREFETCH, slot_values)
+        self.free_slots = list(range(PREFETCH))
         self.inbox = Connection(from_worker_r, writable=False)
         self.outbox = Connection(to_worker_w, readable=False)
         self.ready = False
-        self.job: int | None = None  # the job it is rendering
+        self.jobs: deque[tuple[int, int]] = deque()  # (job, slot)
         self.outbox.send(init_message)
 
     def stop(self, timeout: float) -> None:
@@ -147,13 +185,16 @@ class RenderPool:
     def __init__(self, soundfont_path: str, sample_rate: int, max_duration_seconds: float, num_workers: int):
         if num_workers < 1:
             raise ValueError(f"num_workers={num_workers!r}: a render pool needs at least one worker")
+        if not 0 < max_duration_seconds < float("inf"):
+            raise ValueError(f"max_duration_seconds={max_duration_seconds!r} must be a positive number")
         self._init_message = (os.path.abspath(soundfont_path), sample_rate, max_duration_seconds)
+        self._slot_values = 2 * max(sample_rate, int(sample_rate * max_duration_seconds))
         self.num_workers = num_workers
         self._workers: list[_Worker] = []
         # Stops the workers when the pool is garbage-collected, closed, or at interpreter exit (whichever first).
         self._finalizer = weakref.finalize(self, _stop_workers, self._workers, CLOSE_TIMEOUT_SECONDS)
         for _ in range(num_workers):
-            self._workers.append(_Worker(self._init_message))
+            self._workers.append(_Worker(self._init_message, self._slot_values))
 
     @property
     def closed(self) -> bool:
@@ -178,40 +219,42 @@ class RenderPool:
         """Render ``(midi bytes, duration seconds)`` jobs; for each, in order, its audio or an error message.
 
         ``costs`` (optional, one number per job) sets the hand-out order, most expensive first, which shortens
-        the wait for the last job when costs vary. A worker that dies fails its job and is replaced.
+        the wait for the last job when costs vary. A worker that dies fails the job it was rendering (its queued
+        jobs go to the others) and is replaced.
         """
         if self.closed:
             raise RuntimeError("render pool is closed")
         results: list[np.ndarray | str | None] = [None] * len(jobs)
         order = sorted(range(len(jobs)), key=lambda i: -costs[i]) if costs is not None else list(range(len(jobs)))
         order.reverse()  # pop() from the end hands out the first in order
-        busy: dict[Connection, _Worker] = {}
+        requeued: set[int] = set()  # jobs put back once after their worker died before starting them
 
-        resent: set[int] = set()
+        def requeue(job: int, reason: str) -> None:
+            if job in requeued:
+                results[job] = reason
+            else:
+                requeued.add(job)
+                order.append(job)
 
         def hand_out(worker: _Worker) -> None:
-            while order:
+            while order and worker.free_slots:
                 job = order.pop()
                 midi, seconds = jobs[job]
+                slot = worker.free_slots.pop()
                 try:
-                    worker.outbox.send((job, midi, float(seconds)))
-                except OSError:  # it died while idle: replace it and give the job to the new one (once)
-                    if job in resent:
-                        results[job] = f"render worker {worker.process.pid} is gone"
-                    else:
-                        resent.add(job)
-                        order.append(job)
+                    worker.outbox.send((job, slot, midi, float(seconds)))
+                except OSError:  # it died while idle: replace it, the job goes to the new one (once)
+                    requeue(job, f"render worker {worker.process.pid} is gone")
                     worker = self._replace(worker)
                     continue
-                worker.job = job
-                busy[worker.inbox] = worker
-                return
+                worker.jobs.append((job, slot))
 
         for worker in list(self._workers):
             hand_out(worker)
-        while busy:
+        while any(worker.jobs for worker in self._workers):
+            busy = {worker.inbox: worker for worker in self._workers if worker.jobs}
             for connection in wait(list(busy)):
-                worker = busy.pop(connection)
+                worker = busy[connection]
                 try:
                     message = connection.recv()
                 except (EOFError, OSError):
@@ -219,32 +262,38 @@ class RenderPool:
                     if not worker.ready:
                         self.close()
                         raise RuntimeError(f"render worker exited with code {code} while loading the soundfont")
-                    results[worker.job] = f"render worker exited with code {code}"
+                    results[worker.jobs.popleft()[0]] = f"render worker exited with code {code}"
+                    for job, _ in worker.jobs:
+                        requeue(job, f"render worker exited with code {code}")
                     hand_out(self._replace(worker))
                     continue
                 if message[0] == "ready":
                     worker.ready = True
-                    busy[connection] = worker  # its job is still to come
                     continue
                 if message[0] == "init-error":
                     self.close()
                     raise RuntimeError(f"render worker could not load {self._init_message[0]}: {message[1]}")
-                job, audio, error = message
-                results[job] = audio if error is None else error
-                worker.job = None
+                job, slot = worker.jobs.popleft()
+                assert job == message[1], (job, message[1])
+                if message[0] == "done":
+                    channels, samples = message[2]
+                    results[job] = worker.slots[slot, : channels * samples].reshape(channels, samples).copy()
+                else:
+                    results[job] = message[2]
+                worker.free_slots.append(slot)
                 hand_out(worker)
         return results  # type: ignore[return-value]  # every slot is filled
 
     def _replace(self, worker: _Worker) -> _Worker:
         """A fresh worker in place of one that died."""
         worker.stop(timeout=0)
-        new = _Worker(self._init_message)
+        new = _Worker(self._init_message, self._slot_values)
         new.ready = worker.ready  # it loads the same soundfont; a load failure is still reported as one
         self._workers[self._workers.index(worker)] = new
         return new
 
 
-def _worker_main(read_fd: int, write_fd: int) -> None:
+def _worker_main(read_fd: int, write_fd: int, memory_fd: int) -> None:
     """A worker's loop: load the soundfont, then render jobs until told to stop or the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -257,18 +306,19 @@ def _worker_main(read_fd: int, write_fd: int) -> None:
         except Exception as error:
             outbox.send(("init-error", f"{type(error).__name__}: {error}"))
             return
+        slots = np.frombuffer(mmap.mmap(memory_fd, 0), dtype=np.float32).reshape(PREFETCH, -1)
         outbox.send(("ready", os.getpid()))
         while (message := inbox.recv()) is not None:
-            job, midi, seconds = message
+            job, slot, midi, seconds = message
             try:
-                audio = renderer.render_midi(midi, seconds)
+                audio = renderer.render_midi(midi, seconds, out=slots[slot])
             except Exception as error:  # a score the synth cannot play fails alone
-                outbox.send((job, None, f"{type(error).__name__}: {error}"))
+                outbox.send(("failed", job, f"{type(error).__name__}: {error}"))
             else:
-                outbox.send((job, audio, None))
+                outbox.send(("done", job, audio.shape))
     except (EOFError, OSError):  # the parent closed the pool or died
         pass
 
 
 if __name__ == "__main__":
-    _worker_main(int(sys.argv[1]), int(sys.argv[2]))
+    _worker_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -104,6 +105,24 @@ def test_a_dead_worker_is_replaced(soundfont, expected_audio):
             os.waitpid(pid, os.WNOHANG)
     with pytest.raises(RuntimeError, match="closed"):
         pool.render_many(jobs[:1])
+
+
+def test_a_worker_killed_mid_batch_fails_at_most_its_current_job(soundfont, expected_audio):
+    scores = varied_scores()
+    jobs = [(s.dumps_midi(), score_seconds(s)) for s in scores] * 2
+    with RenderPool(soundfont, SAMPLE_RATE, 10, num_workers=2) as pool:
+        pool.render_many(jobs[:2])
+        victim = pool.worker_pids()[0]
+        killer = threading.Timer(0.1, os.kill, (victim, signal.SIGKILL))
+        killer.start()
+        results = pool.render_many(jobs)
+        killer.join()
+        failed = [i for i, r in enumerate(results) if isinstance(r, str)]
+        assert len(failed) <= 1 and all("exited with code" in results[i] for i in failed)
+        for i, result in enumerate(results):
+            if i not in failed:
+                assert np.abs(result - expected_audio[i % len(scores)]).max() <= 1e-5
+        assert victim not in pool.worker_pids() and len(pool.worker_pids()) == 2
 
 
 def test_pool_arguments_are_checked(tmp_path):
