@@ -187,9 +187,11 @@ def archive_after_resume(run_dir: Path, first_stale_step: int, unfinished_checkp
 
 
 if __name__ == "__main__":
-    state = PartialState()
-    checkpoint, unfinished_checkpoints = last_complete_checkpoint(Path(RESUME)) if RESUME is not None else (None, [])
     on_gpu = torch.cuda.is_available()
+    # Without cpu=True a CPU-only launch of several processes (torchrun, accelerate launch) is not seen as
+    # distributed: every rank would think it is alone, name its own run dir and write the same files.
+    state = PartialState(cpu=not on_gpu)
+    checkpoint, unfinished_checkpoints = last_complete_checkpoint(Path(RESUME)) if RESUME is not None else (None, [])
     if not on_gpu:
         print("[smart] no GPU found: training in fp32 on the CPU (TRL refuses bf16 there); USE_BF16 is ignored")
     random.seed(SEED)
@@ -200,6 +202,7 @@ if __name__ == "__main__":
         OUTPUT_DIR = str(broadcast_object_list([str(new_run_dir(config)) if state.is_main_process else None])[0])
     elif RESUME is None and Path(OUTPUT_DIR).exists() and any(Path(OUTPUT_DIR).iterdir()):
         sys.exit(f"smart.py: OUTPUT_DIR={OUTPUT_DIR!r} already holds a run; use --RESUME={OUTPUT_DIR} or a new dir")
+    state.wait_for_everyone()  # every rank has looked at OUTPUT_DIR before the main process fills it
     run_dir = Path(OUTPUT_DIR)
     start_step = 0
     if checkpoint is not None:
