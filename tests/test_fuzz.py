@@ -113,16 +113,17 @@ def test_any_token_sequence_gets_a_finite_reward_with_its_reason_logged(tmp_path
     assert sum(seen) >= 1000
 
 
-def test_a_10000_note_chord_costs_well_under_a_second_of_rendering(tmp_path, soundfont):
-    """At the real settings (48 kHz, 10 s): the chord must not stall a reward step."""
+def test_a_10000_note_chord_costs_under_a_second_of_cpu(tmp_path, soundfont):
+    """At the real settings (48 kHz, 10 s): the chord must not stall a reward step. CPU time, not wall time,
+    so that other processes on the machine do not make the test flaky."""
     manager = weight_free_chain(tmp_path, soundfont, 48000, 10)
     completions = [chord(10_000, 39, spread_pitches=False), chord(10_000, 0, spread_pitches=True)]
     manager(prompts=[""] * 2, completion_ids=completions[:1], prompt_ids=[PROMPT_IDS])  # warm-up
-    start = time.perf_counter()
+    start = time.process_time()
     rewards = manager(prompts=[""] * 2, completion_ids=completions, prompt_ids=[PROMPT_IDS] * 2)
-    elapsed = time.perf_counter() - start
-    print(f"two 10,000-note chords: {elapsed:.2f} s")
-    assert elapsed < 3.0  # about 0.5 s each on a loaded 1-core machine
+    elapsed = time.process_time() - start
+    print(f"two 10,000-note chords: {elapsed:.2f} s of CPU")
+    assert elapsed < 2.0  # about 0.3 s each
     assert all(0.0 <= r <= 1.0 for r in rewards)
 
 
@@ -141,11 +142,12 @@ def test_pathological_scores_render_and_score_in_bounded_time(soundfont, notes):
     tokenizer's could: the renderer and the rewards still give finite values, within a bounded time."""
     score = make_score(notes)
     records = [{"idx": 0, "sm": score, "sm_duration": score_seconds(score), "normalized_rewards": {}}]
-    start = time.perf_counter()
-    for processor in (TinySoundfontSynthProcessor(soundfont, 48000, 10), ScaleConsistencyReward(),
-                      NoteDensityReward(), FilledBeatsReward(), AudioActivityReward()):
+    processors = (TinySoundfontSynthProcessor(soundfont, 48000, 10), ScaleConsistencyReward(), NoteDensityReward(),
+                  FilledBeatsReward(), AudioActivityReward())
+    start = time.process_time()
+    for processor in processors:
         processor(records)
-    assert time.perf_counter() - start < 5.0  # about 1.2 s for the 10,000 held notes
+    assert time.process_time() - start < 4.0  # CPU seconds; about 1.2 for the 10,000 held notes
     assert records[0]["audio"].shape[1] <= 10 * 48000 and np.isfinite(records[0]["audio"]).all()
     assert all(0.0 <= v <= 1.0 for v in records[0]["normalized_rewards"].values())
 
