@@ -14,6 +14,7 @@ The output directory is a drop-in base model: ``AutoModelForCausalLM.from_pretra
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -280,9 +281,22 @@ def _autocast(device: torch.device):
 
 
 def save_checkpoint(model: Phi3ForCausalLM, bridge, out: Path) -> None:
-    """Model weights/config plus miditok's tokenizer.json: the layout every project script loads."""
+    """Model weights/config plus miditok's tokenizer.json: the layout every project script loads.
+
+    The saved config has dropout 0 (the training value stays in ``train_config.json``): fine-tuning scripts such
+    as GRPO run the policy in train mode, and dropout there would make its log-probabilities noisy and differ from
+    the frozen reference model's.
+    """
     model.save_pretrained(out)
+    without_dropout(model.config).save_pretrained(out)
     bridge.save_pretrained(out)
+
+
+def without_dropout(config: Phi3Config) -> Phi3Config:
+    """A copy of a model config with every dropout probability set to 0."""
+    inference = copy.deepcopy(config)
+    inference.resid_pdrop = inference.embd_pdrop = inference.attention_dropout = 0.0
+    return inference
 
 
 def write_json(path: Path, data: dict) -> None:

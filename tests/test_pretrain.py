@@ -46,7 +46,7 @@ def pretrain_midi_dir(tmp_path):
 def _tiny_config(data_dir, out_dir, **overrides) -> dict:
     return pretrain.default_config() | {
         "DATA_DIR": str(data_dir), "OUT_DIR": str(out_dir), "CACHE_DIR": "", "VAL_FRACTION": 0.2,
-        "N_LAYER": 2, "N_HEAD": 2, "N_EMBD": 32, "INTERMEDIATE": 64, "MAX_POSITIONS": 128, "DROPOUT": 0.0,
+        "N_LAYER": 2, "N_HEAD": 2, "N_EMBD": 32, "INTERMEDIATE": 64, "MAX_POSITIONS": 128, "DROPOUT": 0.1,
         "CROP_TOKENS": 96, "TRANSPOSE": 2, "BATCH_SIZE": 8, "LEARNING_RATE": 3e-3, "MIN_LR": 3e-4,
         "WARMUP_STEPS": 5, "MAX_STEPS": 60, "EVAL_INTERVAL": 20, "EVAL_CROPS": 16, "PATIENCE": 3,
         "DEVICE": "cpu", "THREADS": 1,
@@ -101,6 +101,7 @@ def test_training_lowers_loss_and_saves_a_loadable_best_model(pretrain_midi_dir,
     model = AutoModelForCausalLM.from_pretrained(out)
     remi, bridge = load_tokenizers(str(out))
     assert model.config.pad_token_id == remi["PAD_None"] and model.config.eos_token_id == remi["EOS_None"]
+    assert model.config.resid_pdrop == model.config.attention_dropout == 0.0  # saved for fine-tuning
     prompt = bridge("Bar_None TimeSig_4/4 Position_0 Tempo_120.0", return_tensors="pt").input_ids
     with torch.no_grad():
         ids = model.generate(prompt, max_new_tokens=40, do_sample=True, top_k=0, pad_token_id=remi["PAD_None"])
