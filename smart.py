@@ -42,6 +42,7 @@ LOSS_TYPE = "bnpo"  # TRL 0.16's token-mean over the batch; "grpo" is the paper'
 GRADIENT_ACCUMULATION_STEPS = 1  # micro-batches per optimizer step
 USE_BF16 = True  # bf16 mixed precision on a GPU (ignored on CPU, where TRL refuses it)
 MAX_COMPLETION_LENGTH = 256  # tokens generated after the prompt
+CPU_THREADS: int | None = None  # torch threads when training on a CPU; None = torch's default (all cores)
 # --- reward ---------------------------------------------------------------------------------------------------
 REWARD_WEIGHTS = {"CE": 1.0}  # reward name -> weight; reward = weighted mean (names: processors.REWARD_PROCESSORS)
 AUDIOBOX_CHECKPOINT: str | None = None  # None = facebook/audiobox-aesthetics from the hub; or a local checkpoint.pt
@@ -194,6 +195,8 @@ if __name__ == "__main__":
     checkpoint, unfinished_checkpoints = last_complete_checkpoint(Path(RESUME)) if RESUME is not None else (None, [])
     if not on_gpu:
         print("[smart] no GPU found: training in fp32 on the CPU (TRL refuses bf16 there); USE_BF16 is ignored")
+        if CPU_THREADS is not None:
+            torch.set_num_threads(CPU_THREADS)
     random.seed(SEED)
     np.random.seed(SEED)
     torch.manual_seed(SEED)
