@@ -16,6 +16,7 @@ type of its default; an int is accepted where a float is expected.
 from __future__ import annotations
 
 import ast
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -87,8 +88,9 @@ def apply_values(namespace: dict[str, Any], values: dict[str, Any], source: str)
     known = {key for key in namespace if is_knob(key)}
     for key, value in values.items():
         if key not in known:
-            close = [k for k in sorted(known) if k.split("_")[0] == key.split("_")[0]] or sorted(known)[:8]
-            raise ConfigError(f"{source}: unknown setting {key!r}. Known settings include: {', '.join(close)}")
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(close)}?" if close else f"known settings: {', '.join(sorted(known))}"
+            raise ConfigError(f"{source}: unknown setting {key!r}; {hint}")
         expected = annotations.get(key, type(namespace[key]))
         if not _matches(value, expected):
             raise ConfigError(

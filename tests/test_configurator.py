@@ -32,7 +32,7 @@ def test_config_file_then_flags_apply_left_to_right(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--STPES=1"], "unknown setting 'STPES'"),
+        (["--STPES=1"], "unknown setting .STPES.; did you mean STEPS"),
         (["--STEPS=1.5"], "STEPS expects int"),
         (["--BF16=1"], "BF16 expects bool"),
         (["--WEIGHTS=[1]"], "WEIGHTS expects dict"),
