@@ -77,7 +77,7 @@ def test_each_bad_config_exits_with_one_message_naming_constant_value_and_fix(mo
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--BTEA=0.0"], ["--BTEA=0.0: unknown setting 'BTEA'", "Known settings include"]),
+        (["--BTEA=0.0"], ["--BTEA=0.0: unknown setting 'BTEA'", "did you mean BETA?"]),
         (["--NUM_TRAIN_STEPS=ten"], ["NUM_TRAIN_STEPS='ten' has type str", "expects int (default 200)"]),
         (["--REWARD_WEIGHTS=CE"], ["REWARD_WEIGHTS='CE' has type str", "expects dict (default {'CE': 1.0})"]),
         (["--RESUME=/no/such/run"], ["RESUME='/no/such/run' has no smart_config.json", "give a run directory"]),
