@@ -282,7 +282,10 @@ if __name__ == "__main__":
         processing_class=bridge,
         callbacks=[StopOnSignal()],
     )
-    trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+    try:
+        trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+    finally:
+        reward_manager.wait_for_audio()  # the last audio step's WAVs are written in the background
     if trainer.state.global_step < NUM_TRAIN_STEPS:
         print(f"[smart] stopped at step {trainer.state.global_step}; continue with: python smart.py --RESUME={run_dir}")
         sys.exit(0)

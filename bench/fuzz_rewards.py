@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             done += len(batch)
             print(f"[fuzz] {done}/{args.n} sequences, {time.perf_counter() - start:.0f} s, "
                   f"failures {len(failures)}", flush=True)
+        manager.wait_for_audio()  # its WAV writer must finish before the directory goes
 
     seconds = time.perf_counter() - start
     print(f"\n{args.n} sequences in {seconds:.0f} s ({1000 * seconds / args.n:.1f} ms each, "

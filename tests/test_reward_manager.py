@@ -1,10 +1,14 @@
 """RewardManager: weighted mean of normalised rewards, fallbacks for bad values, per-step artefacts, metrics."""
 
 import math
+import threading
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import soundfile
 
+import reward_manager as reward_manager_module
 from processors import Processor
 from reward_manager import RewardManager
 from scores import make_score
@@ -48,12 +52,69 @@ def test_each_step_writes_logs_midi_and_audio_at_the_interval(tmp_path):
     manager = RewardManager([FixedRewards([{"a": 0.2}] * 2)], {"a": 1.0}, tmp_path, audio_save_interval=2)
     for _ in range(3):
         call(manager, 2)
+    manager.wait_for_audio()
     for step in range(3):
         assert (tmp_path / "rl_logs" / str(step) / "logs.parquet").is_file()
         assert sorted(p.name for p in (tmp_path / "midi" / str(step)).iterdir()) == [
             "reward=0.2000_0.mid", "reward=0.2000_1.mid"]
         assert pq.read_table(tmp_path / "rl_logs" / str(step) / "logs.parquet").column("reward_step").to_pylist() == [step] * 2
     assert sorted(p.name for p in (tmp_path / "audio").iterdir()) == ["0", "2"]
+    audio, rate = soundfile.read(tmp_path / "audio" / "2" / "reward=0.2000_1.wav")
+    assert rate == 8000 and np.allclose(audio.T, [[0.0, 0.5], [0.0, -0.5]], atol=1 / 32768)
+
+
+class BlockingWrites:
+    """Stands in for soundfile.write: each call waits until ``release`` is set, then records its path."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.written = []
+
+    def __call__(self, path, *args, **kwargs):
+        assert self.release.wait(timeout=10), "the test never released the writer"
+        self.written.append(path.name)
+
+
+def test_wavs_are_written_in_the_background_and_wait_for_audio_waits_for_them(tmp_path, monkeypatch):
+    writes = BlockingWrites()
+    monkeypatch.setattr(reward_manager_module.soundfile, "write", writes)
+    manager = RewardManager([FixedRewards([{"a": 0.2}] * 2)], {"a": 1.0}, tmp_path, audio_save_interval=1)
+    assert call(manager, 2) == [0.2, 0.2]  # returned while the writer is still blocked
+    assert writes.written == []
+    writes.release.set()
+    manager.wait_for_audio()
+    assert writes.written == ["reward=0.2000_0.wav", "reward=0.2000_1.wav"]
+
+
+def test_an_audio_step_waits_for_the_previous_steps_wavs(tmp_path, monkeypatch):
+    writes = BlockingWrites()
+    monkeypatch.setattr(reward_manager_module.soundfile, "write", writes)
+    manager = RewardManager([FixedRewards([{"a": 0.2}])], {"a": 1.0}, tmp_path, audio_save_interval=1)
+    call(manager, 1)  # step 0: its writer blocks
+    second = threading.Thread(target=call, args=(manager, 1))
+    second.start()
+    second.join(timeout=0.5)
+    assert second.is_alive()  # step 1 waits: never more than one step of clips held for writing
+    writes.release.set()
+    second.join(timeout=10)
+    manager.wait_for_audio()
+    assert not second.is_alive() and writes.written == ["reward=0.2000_0.wav"] * 2
+
+
+def test_a_wav_that_cannot_be_written_is_reported_and_the_others_still_are(tmp_path, monkeypatch, capsys):
+    real_write = soundfile.write
+
+    def fail_for_the_first(path, *args, **kwargs):
+        if path.name.endswith("_0.wav"):
+            raise OSError("No space left on device")
+        real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(reward_manager_module.soundfile, "write", fail_for_the_first)
+    manager = RewardManager([FixedRewards([{"a": 0.2}] * 2)], {"a": 1.0}, tmp_path, audio_save_interval=1)
+    call(manager, 2)
+    manager.wait_for_audio()
+    assert [p.name for p in (tmp_path / "audio" / "0").iterdir()] == ["reward=0.2000_1.wav"]
+    assert "could not write" in capsys.readouterr().out
 
 
 def test_ranks_write_separate_files(tmp_path):
