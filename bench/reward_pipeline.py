@@ -16,7 +16,8 @@ absent). In one process, on identical inputs, it then times
       ``TinySoundfontSynthProcessor`` with ``RENDER_WORKERS`` processes (default: the available cores), and the
       same with 1 worker (in-process: avoided work only, no parallelism);
 
-checks the audio and every weight-free reward agree, times the Audiobox stage (the reference predictor vs the
+checks the audio and every weight-free reward agree, times the render stage again with the same scores re-timed to
+fixed tempi (the avoided work is the audio past 10 s, so it grows as the tempo falls), times the Audiobox stage (the reference predictor vs the
 batched forward; a random-weight checkpoint when no real one is given), then times whole GRPO steps of the
 offline preset (config/local.py) and ends with ``speedup: X.XX`` = (a) / (b) over decode + render.
 """
@@ -46,7 +47,7 @@ from processors import (  # noqa: E402
     AES_AXES, AudioActivityReward, AudioBoxAesRewardProcessor, FilledBeatsReward, MidiTokToSymusicProcessor,
     NoteDensityReward, ScaleConsistencyReward, TinySoundfontSynthProcessor, crop_score, score_seconds,
 )
-from prompts import build_prompts  # noqa: E402
+from prompts import build_prompts, tokens_of_kind  # noqa: E402
 from render_pool import available_cores, default_render_workers  # noqa: E402
 from soundfonts import resolve_soundfont  # noqa: E402
 
@@ -143,8 +144,9 @@ def timed(function, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def export_seconds(records: list[dict], workdir: Path) -> tuple[float, float]:
-    """RewardManager.export_records for one step with WAVs (every AUDIO_SAVE_INTERVAL steps) and one without."""
+def export_seconds(records: list[dict], workdir: Path) -> tuple[float, float, float]:
+    """RewardManager.export_records: seconds the trainer waits on a WAV step and on another step, and the
+    seconds the background thread then takes to write the WAVs."""
     from reward_manager import RewardManager
 
     manager = RewardManager([], {"audio_activity": 1.0}, workdir / "export", audio_save_interval=2)
@@ -155,7 +157,50 @@ def export_seconds(records: list[dict], workdir: Path) -> tuple[float, float]:
         start = time.perf_counter()
         manager.export_records(rows)
         seconds.append(time.perf_counter() - start)
-    return seconds[0], seconds[1]
+        if step == 0:
+            start = time.perf_counter()
+            manager.wait_for_audio()
+            background = seconds[0] + time.perf_counter() - start
+    return seconds[0], seconds[1], background
+
+
+def retimed(records: list[dict], bpm: float) -> list[dict]:
+    """The decoded records with every score set to one tempo: same notes and beats, another length in seconds."""
+    import symusic
+
+    out = []
+    for record in records:
+        score = record["sm"].copy()
+        score.tempos = [symusic.Tempo(0, qpm=bpm, ttype=score.ttype)]
+        out.append({**record, "sm": score, "sm_duration": score_seconds(score)})
+    return out
+
+
+def tempo_sweep(records: list[dict], original: OriginalTinySoundfontRenderer,
+                in_process: TinySoundfontSynthProcessor, tempo_tokens: list[str], repeats: int) -> list[str]:
+    """Avoided-work speedup (in-process render vs the original) for the same scores at fixed tempi.
+
+    The saving is the audio past MAX_AUDIO_DURATION, so it depends on how long the scores last: with ~20 beats
+    per 256 tokens only slow tempi make them much longer than 10 s. Also prints the audio-seconds ratio expected
+    over the prompt generator's tempi (the 32 tempo tokens, drawn uniformly), for these scores' beat counts.
+    """
+    lines = [f"avoided work by tempo (these scores re-timed to one tempo; 1 worker vs the original, median of "
+             f"{repeats}):"]
+    for bpm in (40, 60, 80, 120, 200):
+        batch = retimed(records, bpm)
+        durations = np.array([r["sm_duration"] for r in batch])
+        t_a, a = timed(lambda: original_render(original, [dict(r) for r in batch]), repeats)
+        t_b, b = timed(lambda: in_process([dict(r) for r in batch]), repeats)
+        diff = max(float(np.abs(x["audio"] - y["audio"]).max()) for x, y in zip(a, b))
+        lines.append(f"  {bpm:3d} BPM: median {np.median(durations):5.1f} s, audio-seconds ratio "
+                     f"{durations.sum() / np.minimum(durations, MAX_AUDIO_DURATION).sum():4.2f}x, render "
+                     f"{t_a:6.2f} s -> {t_b:5.2f} s = {t_a / t_b:4.2f}x, max |audio diff| {diff:.1e}")
+    beats = np.array([r["sm"].end() / r["sm"].ticks_per_quarter for r in records])
+    tempi = np.array([float(token.split("_")[1]) for token in tempo_tokens])
+    seconds = 60 * beats[:, None] / tempi[None, :]
+    lines.append(f"  expected audio-seconds ratio over the prompts' tempi ({tempi.min():.0f}-{tempi.max():.0f} BPM, "
+                 f"uniform): {seconds.sum() / np.minimum(seconds, MAX_AUDIO_DURATION).sum():.2f}x")
+    return lines
 
 
 def weight_free_rewards(records: list[dict]) -> list[dict]:
@@ -301,7 +346,7 @@ def grpo_steps(workdir: Path, steps: int, workers: int | None, preset: str | Non
         return " ".join(f"{sum(values[i * per:(i + 1) * per]):.2f}" for i in range(len(per_step_intervals)))
 
     reward_lines = [line for line in result.stdout.splitlines() if line.startswith("[reward step")]
-    label = "default" if workers is None else workers
+    label = "as configured" if workers is None else workers
     return (
         f"GRPO step ({what}, RENDER_WORKERS={label}): median {statistics.median(steady):.2f} s/step over steps "
         f"2-{len(per_step_intervals)} (whole run incl. start-up and saving: {wall:.0f} s)\n"
@@ -323,6 +368,8 @@ def main() -> None:
                         help="clips scored by Audiobox; default 64 on a GPU, 8 on a CPU (~2-3 s each), 0 = skip")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="also measure the opt-in bf16 Audiobox mode (default: on a GPU only)")
+    parser.add_argument("--tempo-sweep", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the render stage with the scores re-timed to 40-200 BPM (~2 min on a CPU)")
     parser.add_argument("--e2e-steps", type=int, default=5, help="GRPO steps of the offline preset to time; 0 = skip")
     parser.add_argument("--e2e-preset", default=None,
                         help="smart.py config for the GRPO timing (default config/local.py; '' = smart.py defaults)")
@@ -415,9 +462,12 @@ def main() -> None:
     print(f"  decode+render speedup: {rows[2][1] / rows[2][2]:.2f}x in-process (avoided work alone), "
           f"{speedup:.2f}x with {workers} workers; audio-seconds ratio of this batch (the avoided-work bound when "
           f"synthesis dominates): {durations.sum() / np.minimum(durations, MAX_AUDIO_DURATION).sum():.2f}x")
-    with_audio, without_audio = export_seconds(rendered_b, workdir)
+    with_audio, without_audio, background = export_seconds(rendered_b, workdir)
     print(f"  RewardManager.export_records after the rewards (not part of the speedup): {without_audio:.2f} s per "
-          f"step (parquet + MIDI), {with_audio:.2f} s on WAV steps (every AUDIO_SAVE_INTERVAL)")
+          f"step (parquet + MIDI); on WAV steps (every AUDIO_SAVE_INTERVAL) the trainer waits {with_audio:.2f} s "
+          f"while a background thread writes the WAVs in {background:.2f} s")
+    if args.tempo_sweep:
+        print("\n".join(tempo_sweep(decoded_b, original, in_process, tokens_of_kind(remi, "Tempo"), args.repeats)))
 
     # --- Audiobox -----------------------------------------------------------------------------------------
     clips = args.audiobox_clips if args.audiobox_clips is not None else (64 if on_gpu else 8)
