@@ -103,7 +103,8 @@ class TinySoundfontSynthProcessor(Processor):
     from one render to the next. An empty score renders as 1 s of silence, as in the original.
 
     ``num_workers=1`` renders in this process; more start a ``render_pool.RenderPool`` of that many processes
-    (each loads the soundfont once, in the background) that renders a batch's records in parallel, in order.
+    (forked from one process that loads the soundfont once, in the background, so they share it) that renders
+    a batch's records in parallel, in order.
     """
 
     def __init__(self, soundfont_path: str, sample_rate: int, max_duration_seconds: float = 10, num_workers: int = 1):

@@ -7,18 +7,20 @@ score (up to 150 s at 40 BPM) and then cut it to 10 s.
 
 ``RenderPool`` runs one ``SoundfontRenderer`` per worker process, so a batch of scores renders on all cores:
 
-- each worker loads the soundfont once, when the pool starts (in the background: ``RenderPool()`` returns at
-  once, and the first ``render_many`` waits only for what is still loading);
+- the soundfont is loaded once, by a fork server that then forks every worker from itself, so the workers share
+  its memory (copy-on-write: MuseScore General decompresses to 0.5-1.8 GB, which 16 workers would otherwise
+  hold 16 times) and start with the soundfont already loaded. The load happens in the background:
+  ``RenderPool()`` returns at once, and the first ``render_many`` waits only for what is still loading;
 - jobs are ``(MIDI bytes, duration)``, results are float32 ``(2, N)`` arrays, returned in job order; the most
   expensive jobs are handed out first, each to the next idle worker, two at a time so that a worker never
   waits for the parent; the audio comes back through memory shared with the worker (no pipe, no pickle);
 - a job that fails comes back as an error message (never an exception), and a worker that dies is replaced;
-- workers are plain ``python render_pool.py`` processes started with ``subprocess`` (fork + exec, so nothing is
-  inherited from a parent that already runs torch threads). Unlike ``multiprocessing``'s "spawn" they do not
-  re-import the parent's ``__main__``: for ``smart.py`` that would be 10 s and 1 GB of torch/TRL imports per
-  worker. A worker imports numpy and tinysoundfont only;
-- workers ignore SIGINT/SIGTERM (Ctrl-C reaches the whole process group; smart.py then finishes the step
-  and saves a checkpoint, which needs the renders) and exit when the parent closes the pool or dies.
+- the fork server is a plain ``python render_pool.py`` process started with ``subprocess`` (fork + exec, so
+  nothing is inherited from a parent that already runs torch threads). Unlike ``multiprocessing``'s "spawn" or
+  "forkserver" it does not re-import the parent's ``__main__``: for ``smart.py`` that would be 10 s and 1 GB of
+  torch/TRL imports. It imports numpy and tinysoundfont only, and runs single-threaded, so forking it is safe;
+- the server and workers ignore SIGINT/SIGTERM (Ctrl-C reaches the whole process group; smart.py then finishes
+  the step and saves a checkpoint, which needs the renders) and exit when the parent closes the pool or dies.
 
 Renders in different workers see different histories; equality with the original holds anyway because every
 render starts from the same flushed synth (tests/test_render_pool.py checks many scores in sequence).
@@ -29,8 +31,11 @@ from __future__ import annotations
 import mmap
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+import traceback
 import weakref
 from collections import deque
 from collections.abc import Sequence
@@ -103,13 +108,22 @@ class SoundfontRenderer:
 
 
 # --- the pool -------------------------------------------------------------------------------------------------
+# A fork server loads the soundfont once and forks every worker from itself, so all workers share its soundfont
+# memory copy-on-write: TinySoundFont decompresses an SF3 at load (MuseScore General: 0.5-1.8 GB per process),
+# and 16 workers loading their own copies would hold 16 of them. The server is a plain ``python render_pool.py
+# --fork-server`` process (fork + exec, single-threaded: it imports numpy and tinysoundfont only), and it never
+# renders, so every worker starts from the same fresh synth.
+#
+# Parent -> server (a Unix stream socket): one byte b"F" per worker wanted, carrying the worker's three file
+# descriptors (SCM_RIGHTS); closing the socket stops the server. Server -> parent: b"R" once the soundfont is
+# loaded, or b"E" and an error message before it exits.
 # Each worker shares PREFETCH audio slots with the parent (an anonymous shared memory file): it renders into the
 # slot named in the job and the parent copies the audio out, so no audio goes through a pipe or pickle.
-# Messages, parent -> worker: (soundfont, sample_rate, max_seconds) once, then (job, slot, midi, seconds) per
-# job, and None to stop. Worker -> parent: ("ready", pid) or ("init-error", message) once, then per job
-# ("done", job, shape) or ("failed", job, message).
+# Parent -> worker (a pipe): (job, slot, midi, seconds) per job, None to stop. Worker -> parent: ("ready", pid)
+# once, then per job ("done", job, shape) or ("failed", job, message).
 
 PREFETCH = 2  # jobs queued per worker, so that it never waits for the parent between jobs
+SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # safe to fork
 
 
 def _shared_memory(size: int) -> int:
@@ -125,58 +139,131 @@ def _shared_memory(size: int) -> int:
     return fd
 
 
-class _Worker:
-    """A worker process, the pipe ends and audio slots the parent holds, and its jobs (oldest first)."""
+class _ForkServer:
+    """The process that holds the loaded soundfont and forks workers from it; restartable if it dies."""
 
-    def __init__(self, init_message: tuple[str, int, float], slot_values: int):
+    def __init__(self, soundfont: str, sample_rate: int, max_seconds: float):
+        self.args = [soundfont, str(sample_rate), repr(float(max_seconds))]
+        self.process: subprocess.Popen | None = None
+        self.socket: socket.socket | None = None
+        self.loaded = False
+        self.start()
+
+    def start(self) -> None:
+        """Start a server; it loads the soundfont in the background (``wait_until_loaded`` collects the outcome)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--fork-server", str(theirs.fileno()), *self.args],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env={**os.environ, **SINGLE_THREADED},
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.socket, self.loaded = ours, False
+
+    def wait_until_loaded(self) -> None:
+        """Return once the soundfont is loaded; raise ``RuntimeError`` with the reason if it could not be."""
+        if self.loaded:
+            return
+        try:
+            reply = self.socket.recv(1)
+        except OSError:  # the server died with requests unread
+            reply = b""
+        if reply == b"R":
+            self.loaded = True
+            return
+        message = b""
+        try:
+            while chunk := self.socket.recv(65536):
+                message += chunk
+        except OSError:  # the server died: no message, the exit code says what happened
+            pass
+        self.socket.close()  # lets a server that reported an error exit
+        code = self.process.wait()
+        reason = message.decode(errors="replace") or f"the render fork server exited with code {code}"
+        raise RuntimeError(f"render worker could not load {self.args[0]}: {reason}")
+
+    def fork_worker(self, fds: tuple[int, int, int]) -> None:
+        """Ask for a worker on these (to-worker read end, from-worker write end, shared memory) descriptors."""
+        try:
+            socket.send_fds(self.socket, [b"F"], list(fds))
+        except OSError:  # the server died: a new one loads the soundfont again and serves this request
+            self.stop(timeout=0)
+            self.start()
+            socket.send_fds(self.socket, [b"F"], list(fds))
+
+    def stop(self, timeout: float) -> None:
+        """Close the socket (the server exits on its end of file), wait for it, kill it if it does not exit."""
+        if self.socket is not None:
+            self.socket.close()
+        if self.process is not None:
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class _Worker:
+    """A worker process forked by the server: the pipe ends and audio slots the parent holds, and its jobs."""
+
+    def __init__(self, server: _ForkServer, slot_values: int):
         to_worker_r, to_worker_w = os.pipe()
         from_worker_r, from_worker_w = os.pipe()
         memory_fd = _shared_memory(PREFETCH * slot_values * 4)
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), str(to_worker_r), str(from_worker_w), str(memory_fd)],
-                pass_fds=(to_worker_r, from_worker_w, memory_fd),
-                stdin=subprocess.DEVNULL,
-            )
+            server.fork_worker((to_worker_r, from_worker_w, memory_fd))
             memory = mmap.mmap(memory_fd, PREFETCH * slot_values * 4)
         except BaseException:
-            for fd in (to_worker_r, to_worker_w, from_worker_r, from_worker_w):
-                os.close(fd)
+            os.close(to_worker_w)
+            os.close(from_worker_r)
             raise
-        finally:
-            os.close(memory_fd)
-        os.close(to_worker_r)
-        os.close(from_worker_w)
+        finally:  # the server holds its own copies now, and hands them to the worker
+            for fd in (to_worker_r, from_worker_w, memory_fd):
+                os.close(fd)
         self.slots = np.frombuffer(memory, dtype=np.float32).reshape(PREFETCH, slot_values)
         self.free_slots = list(range(PREFETCH))
         self.inbox = Connection(from_worker_r, writable=False)
         self.outbox = Connection(to_worker_w, readable=False)
-        self.ready = False
+        self.pid: int | None = None  # known from its ("ready", pid) message
         self.jobs: deque[tuple[int, int]] = deque()  # (job, slot)
-        self.outbox.send(init_message)
+
+    def wait_until_ready(self) -> None:
+        """Read the worker's first message, its pid (a worker that died before sending it keeps ``pid`` None)."""
+        if self.pid is None:
+            try:
+                self.pid = self.inbox.recv()[1]
+            except (EOFError, OSError):
+                pass
 
     def stop(self, timeout: float) -> None:
-        """Ask the worker to exit, wait for it, kill it if it does not."""
+        """Ask the worker to exit and wait (its end of file) up to ``timeout`` seconds, then kill it."""
         try:
             self.outbox.send(None)
         except OSError:
             pass
-        for connection in (self.outbox, self.inbox):
-            try:
-                connection.close()
-            except OSError:
-                pass
+        self.outbox.close()
+        deadline = time.monotonic() + timeout
         try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            while self.inbox.poll(max(0.0, deadline - time.monotonic())):
+                message = self.inbox.recv()  # results nobody waits for any more, up to the end of file
+                if message[0] == "ready":
+                    self.pid = message[1]
+            if self.pid is not None:
+                os.kill(self.pid, signal.SIGKILL)
+        except (EOFError, OSError):  # exited (end of file), or already gone when killed
+            pass
+        self.inbox.close()
 
 
-def _stop_workers(workers: list[_Worker], timeout: float) -> None:
+def _stop_all(workers: list[_Worker], server: _ForkServer, timeout: float) -> None:
     for worker in workers:
         worker.stop(timeout)
     workers.clear()
+    server.stop(timeout)
 
 
 class RenderPool:
@@ -187,21 +274,21 @@ class RenderPool:
             raise ValueError(f"num_workers={num_workers!r}: a render pool needs at least one worker")
         if not 0 < max_duration_seconds < float("inf"):
             raise ValueError(f"max_duration_seconds={max_duration_seconds!r} must be a positive number")
-        self._init_message = (os.path.abspath(soundfont_path), sample_rate, max_duration_seconds)
         self._slot_values = 2 * max(sample_rate, int(sample_rate * max_duration_seconds))
         self.num_workers = num_workers
+        self._server = _ForkServer(os.path.abspath(soundfont_path), sample_rate, max_duration_seconds)
         self._workers: list[_Worker] = []
         # Stops the workers when the pool is garbage-collected, closed, or at interpreter exit (whichever first).
-        self._finalizer = weakref.finalize(self, _stop_workers, self._workers, CLOSE_TIMEOUT_SECONDS)
-        for _ in range(num_workers):
-            self._workers.append(_Worker(self._init_message, self._slot_values))
+        self._finalizer = weakref.finalize(self, _stop_all, self._workers, self._server, CLOSE_TIMEOUT_SECONDS)
+        for _ in range(num_workers):  # forked as soon as the server has loaded the soundfont
+            self._workers.append(_Worker(self._server, self._slot_values))
 
     @property
     def closed(self) -> bool:
         return not self._finalizer.alive
 
     def close(self) -> None:
-        """Stop every worker (idempotent)."""
+        """Stop every worker and the fork server (idempotent)."""
         self._finalizer()
 
     def __enter__(self) -> RenderPool:
@@ -210,8 +297,25 @@ class RenderPool:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def worker_pids(self) -> list[int]:
-        return [worker.process.pid for worker in self._workers]
+    def _wait_until_loaded(self) -> None:
+        if self.closed:
+            raise RuntimeError("render pool is closed")
+        try:
+            self._server.wait_until_loaded()
+        except BaseException:
+            self.close()
+            raise
+
+    def worker_pids(self) -> list[int | None]:
+        """The workers' process ids (waiting for workers still starting; None for one that died starting)."""
+        self._wait_until_loaded()
+        for worker in self._workers:
+            if not worker.jobs:  # with jobs queued, the ready message is read in render_many
+                worker.wait_until_ready()
+        return [worker.pid for worker in self._workers]
+
+    def server_pid(self) -> int:
+        return self._server.process.pid
 
     def render_many(
         self, jobs: Sequence[tuple[bytes, float]], costs: Sequence[float] | None = None
@@ -222,8 +326,7 @@ class RenderPool:
         the wait for the last job when costs vary. A worker that dies fails the job it was rendering (its queued
         jobs go to the others) and is replaced.
         """
-        if self.closed:
-            raise RuntimeError("render pool is closed")
+        self._wait_until_loaded()
         results: list[np.ndarray | str | None] = [None] * len(jobs)
         order = sorted(range(len(jobs)), key=lambda i: -costs[i]) if costs is not None else list(range(len(jobs)))
         order.reverse()  # pop() from the end hands out the first in order
@@ -244,7 +347,7 @@ class RenderPool:
                 try:
                     worker.outbox.send((job, slot, midi, float(seconds)))
                 except OSError:  # it died while idle: replace it, the job goes to the new one (once)
-                    requeue(job, f"render worker {worker.process.pid} is gone")
+                    requeue(job, f"render worker {worker.pid} is gone")
                     worker = self._replace(worker)
                     continue
                 worker.jobs.append((job, slot))
@@ -258,21 +361,15 @@ class RenderPool:
                 try:
                     message = connection.recv()
                 except (EOFError, OSError):
-                    code = worker.process.wait()
-                    if not worker.ready:
-                        self.close()
-                        raise RuntimeError(f"render worker exited with code {code} while loading the soundfont")
-                    results[worker.jobs.popleft()[0]] = f"render worker exited with code {code}"
+                    reason = f"render worker {worker.pid} died"
+                    results[worker.jobs.popleft()[0]] = reason
                     for job, _ in worker.jobs:
-                        requeue(job, f"render worker exited with code {code}")
+                        requeue(job, reason)
                     hand_out(self._replace(worker))
                     continue
                 if message[0] == "ready":
-                    worker.ready = True
+                    worker.pid = message[1]
                     continue
-                if message[0] == "init-error":
-                    self.close()
-                    raise RuntimeError(f"render worker could not load {self._init_message[0]}: {message[1]}")
                 job, slot = worker.jobs.popleft()
                 assert job == message[1], (job, message[1])
                 if message[0] == "done":
@@ -287,26 +384,17 @@ class RenderPool:
     def _replace(self, worker: _Worker) -> _Worker:
         """A fresh worker in place of one that died."""
         worker.stop(timeout=0)
-        new = _Worker(self._init_message, self._slot_values)
-        new.ready = worker.ready  # it loads the same soundfont; a load failure is still reported as one
+        new = _Worker(self._server, self._slot_values)
         self._workers[self._workers.index(worker)] = new
         return new
 
 
-def _worker_main(read_fd: int, write_fd: int, memory_fd: int) -> None:
-    """A worker's loop: load the soundfont, then render jobs until told to stop or the parent goes away."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _worker_loop(renderer: SoundfontRenderer, read_fd: int, write_fd: int, memory_fd: int) -> None:
+    """A worker's loop: render jobs until told to stop or the parent goes away."""
     inbox = Connection(read_fd, writable=False)
     outbox = Connection(write_fd, readable=False)
+    slots = np.frombuffer(mmap.mmap(memory_fd, 0), dtype=np.float32).reshape(PREFETCH, -1)
     try:
-        soundfont, sample_rate, max_seconds = inbox.recv()
-        try:
-            renderer = SoundfontRenderer(soundfont, sample_rate, max_seconds)
-        except Exception as error:
-            outbox.send(("init-error", f"{type(error).__name__}: {error}"))
-            return
-        slots = np.frombuffer(mmap.mmap(memory_fd, 0), dtype=np.float32).reshape(PREFETCH, -1)
         outbox.send(("ready", os.getpid()))
         while (message := inbox.recv()) is not None:
             job, slot, midi, seconds = message
@@ -320,5 +408,45 @@ def _worker_main(read_fd: int, write_fd: int, memory_fd: int) -> None:
         pass
 
 
+def _fork_server_main(socket_fd: int, soundfont: str, sample_rate: int, max_seconds: float) -> None:
+    """Load the soundfont, then fork a worker for every request until the parent closes the socket."""
+    # Ctrl-C reaches the whole process group; smart.py then finishes the step and saves a checkpoint, which
+    # needs the renders. The workers inherit this; they exit when the parent closes their pipes or dies.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped as they exit
+    parent = socket.socket(fileno=socket_fd)
+    try:
+        renderer = SoundfontRenderer(soundfont, sample_rate, max_seconds)
+    except Exception as error:
+        parent.sendall(b"E" + f"{type(error).__name__}: {error}".encode())
+        parent.shutdown(socket.SHUT_WR)  # the end of the message
+        while parent.recv(4096):  # wait for the pool to close (exiting with requests unread would reset the
+            pass  # connection before the parent has read the message); their descriptors are dropped unread
+        return
+    parent.sendall(b"R")
+    while True:
+        try:
+            request, fds, _, _ = socket.recv_fds(parent, 1, 3)
+        except OSError:
+            return
+        if not request:  # the pool was closed, or its process died
+            return
+        if os.fork() == 0:
+            parent.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            code = 0
+            try:
+                _worker_loop(renderer, *fds)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        for fd in fds:
+            os.close(fd)
+
+
 if __name__ == "__main__":
-    _worker_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    if sys.argv[1:2] != ["--fork-server"]:
+        sys.exit("render_pool.py is started by RenderPool: python render_pool.py --fork-server FD SOUNDFONT RATE SECONDS")
+    _fork_server_main(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))

@@ -3,6 +3,8 @@
 import os
 import signal
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,6 +88,22 @@ def test_a_failing_record_gets_one_second_of_silence_and_a_reason(pooled, expect
     assert np.abs(results[1] - expected_audio[0]).max() <= 1e-5
 
 
+def wait_until_gone(pid, timeout=10.0):
+    """True once no process has this pid (the workers are reaped by the fork server, not by this process)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def parent_pid(pid):
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def test_a_dead_worker_is_replaced(soundfont, expected_audio):
     scores = varied_scores()
     jobs = [(s.dumps_midi(), score_seconds(s)) for s in scores]
@@ -93,18 +111,55 @@ def test_a_dead_worker_is_replaced(soundfont, expected_audio):
         pool.render_many(jobs[:2])
         victim = pool.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
-        os.waitid(os.P_PID, victim, os.WEXITED | os.WNOWAIT)  # dead (not yet reaped: the pool does that)
+        assert wait_until_gone(victim)
         results = pool.render_many(jobs)
         assert victim not in pool.worker_pids()
         assert all(isinstance(r, np.ndarray) for r in results)
         assert max(np.abs(r - e).max() for r, e in zip(results, expected_audio)) <= 1e-5
         pids = pool.worker_pids()
+        server = pool.server_pid()
     assert pool.closed
-    for pid in pids:  # every worker has exited and been reaped
-        with pytest.raises(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+    for pid in [*pids, server]:  # every worker and the fork server have exited
+        assert wait_until_gone(pid)
     with pytest.raises(RuntimeError, match="closed"):
         pool.render_many(jobs[:1])
+
+
+def test_a_dead_fork_server_is_restarted_when_a_worker_must_be_replaced(soundfont, expected_audio):
+    scores = varied_scores()
+    jobs = [(s.dumps_midi(), score_seconds(s)) for s in scores]
+    with RenderPool(soundfont, SAMPLE_RATE, 10, num_workers=2) as pool:
+        pool.render_many(jobs[:2])
+        server, victim = pool.server_pid(), pool.worker_pids()[0]
+        os.kill(server, signal.SIGKILL)
+        os.waitid(os.P_PID, server, os.WEXITED | os.WNOWAIT)  # dead (the server is this process's child)
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until_gone(victim)
+        results = pool.render_many(jobs)
+        assert pool.server_pid() != server and victim not in pool.worker_pids()
+        assert max(np.abs(r - e).max() for r, e in zip(results, expected_audio)) <= 1e-5
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux /proc")
+def test_workers_are_forked_from_one_server_and_share_its_soundfont_memory(soundfont):
+    def memory_kib(pid):
+        fields = {}
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            name, value = line.split(":")
+            fields[name] = int(value.split()[0])
+        return fields
+
+    scores = varied_scores()
+    with RenderPool(soundfont, SAMPLE_RATE, 10, num_workers=2) as pool:
+        pool.render_many([(s.dumps_midi(), score_seconds(s)) for s in scores])
+        server = pool.server_pid()
+        loaded = memory_kib(server)["Rss"]
+        for pid in pool.worker_pids():
+            assert parent_pid(pid) == server
+            worker = memory_kib(pid)
+            private = worker["Private_Clean"] + worker["Private_Dirty"]
+            # The soundfont's samples (TimGM6mb: ~12 MB as floats) stay shared with the server after rendering.
+            assert worker["Shared_Clean"] + worker["Shared_Dirty"] > 10_000 and private < loaded / 2, worker
 
 
 def test_a_worker_killed_mid_batch_fails_at_most_its_current_job(soundfont, expected_audio):
@@ -118,7 +173,7 @@ def test_a_worker_killed_mid_batch_fails_at_most_its_current_job(soundfont, expe
         results = pool.render_many(jobs)
         killer.join()
         failed = [i for i, r in enumerate(results) if isinstance(r, str)]
-        assert len(failed) <= 1 and all("exited with code" in results[i] for i in failed)
+        assert len(failed) <= 1 and all("died" in results[i] for i in failed)
         for i, result in enumerate(results):
             if i not in failed:
                 assert np.abs(result - expected_audio[i % len(scores)]).max() <= 1e-5
