@@ -247,20 +247,32 @@ def velocity_histogram(score: symusic.Score) -> np.ndarray:
 # Piano rolls (the paper's over-optimisation figure)
 
 
-def piano_roll(score: symusic.Score, tpq: int = PAPER_TPQ) -> np.ndarray:
+def piano_roll(score: symusic.Score, tpq: int = PAPER_TPQ, frames: int | None = None) -> np.ndarray:
     """A (128, frames) roll at ``tpq`` frames per beat: the number of non-drum notes sounding per pitch and frame.
 
     As the paper's ``get_pr``: resample to ``tpq`` (notes may shrink to 0 frames), symusic's "frame" roll without
-    velocity, summed over tracks. symusic makes the roll ``end + 1`` frames long.
+    velocity, summed over tracks. symusic makes the roll ``end + 1`` frames long; with ``frames`` only the first
+    ``frames`` are made (silence-padded), so an event far past the music (MIDI files from other generators can
+    carry a tempo change at tick 2**28) cannot make a roll of billions of frames.
     """
     resampled = as_ticks(score).resample(tpq, 0)
+    if frames is not None:
+        resampled = resampled.clip(0, frames, clip_end=True)
     for index in reversed(range(len(resampled.tracks))):
         if resampled.tracks[index].is_drum:
             del resampled.tracks[index]
-    if not resampled.tracks:
-        return np.zeros((N_PITCHES, resampled.end() + 1))
-    roll = resampled.pianoroll(modes=["frame"], pitch_range=(0, N_PITCHES), encode_velocity=False)
-    return roll.sum(axis=(0, 1)).astype(float)
+    width = resampled.end() + 1 if frames is None else frames
+    result = np.zeros((N_PITCHES, width))
+    if resampled.tracks:
+        roll = resampled.pianoroll(modes=["frame"], pitch_range=(0, N_PITCHES), encode_velocity=False)
+        summed = roll.sum(axis=(0, 1))[:, :width]
+        result[:, : summed.shape[1]] = summed
+    return result
+
+
+def roll_frames(score: symusic.Score, tpq: int = PAPER_TPQ) -> int:
+    """How many frames the score's full piano roll has (its end at ``tpq``, plus one)."""
+    return as_ticks(score).resample(tpq, 0).end() + 1
 
 
 def average_piano_roll(
@@ -272,7 +284,7 @@ def average_piano_roll(
     (128, tpq * beats) array, all NaN when no score is long enough (so a plot shows nothing rather than silence).
     """
     frames = tpq * beats
-    rolls = [roll[:, :frames] for roll in (piano_roll(s, tpq) for s in scores) if roll.shape[1] >= frames]
+    rolls = [piano_roll(s, tpq, frames) for s in scores if roll_frames(s, tpq) >= frames]
     if not rolls:
         return np.full((N_PITCHES, frames), math.nan), 0
     return np.mean(rolls, axis=0), len(rolls)
@@ -335,10 +347,7 @@ def near_duplicate_share(
     for score in scores:
         if score.note_num() == 0:
             continue
-        roll = piano_roll(score, tpq)[:, :frames] > 0
-        padded = np.zeros((N_PITCHES, frames), np.float32)
-        padded[:, : roll.shape[1]] = roll
-        rolls.append(padded.ravel())
+        rolls.append((piano_roll(score, tpq, frames) > 0).astype(np.float32).ravel())
     if len(rolls) < 2:
         return math.nan
     matrix = np.stack(rolls)

@@ -169,3 +169,15 @@ def test_near_duplicates_are_found_among_distinct_samples():
 
 def test_diversity_ignores_empty_samples():
     assert math.isnan(F.mean_pairwise_distance([C_MAJOR_SCALE, symusic.Score(TPQ)]))
+
+
+def test_piano_rolls_ignore_events_far_past_the_music():
+    """A tempo change at tick 2**28 (seen in MIDI files from a random model) must not make a 2**28-frame roll."""
+    late = score_of([(0, 16 * TPQ, 60, 80)])
+    late.tempos.append(symusic.Tempo(2**28, 90.0))
+    roll, used = F.average_piano_roll([late, score_of([(0, 16 * TPQ, 62, 80)])])
+    assert used == 2 and roll.shape == (128, 12 * 16) and np.all(roll[60] == 0.5)
+    empty = symusic.Score(TPQ)
+    empty.tempos.append(symusic.Tempo(2**28, 90.0))
+    assert F.piano_roll(empty, frames=12 * 16).shape == (128, 12 * 16)
+    assert F.near_duplicate_share([late, late]) == 1.0
