@@ -7,7 +7,8 @@ with the processing class; ``midi_tokenizer.MidiTokBridge`` maps each name to it
   Duration): 7 tokens, the public smart.py default.
 - ``procedural-no-starting-note``: the first 4 of those, the paper's main setting.
 - ``no prompt``: BOS alone.
-- ``dataset``: Bar, the first TimeSig and Tempo of a piece from a folder of MIDI files, Position_0.
+- ``dataset``: Bar, the first TimeSig and Tempo of a piece from a folder of MIDI files, Position_0: one prompt per
+  piece for the first ``n`` pieces of a seeded shuffle, as the original's ``shuffle().select(range(n))``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,31 @@ def dataset_prompt_tokens(remi: miditok.MusicTokenizer, midi_path: Path) -> list
     return ["Bar_None", first["TimeSig"], "Position_0", first["Tempo"]]
 
 
+def dataset_prompts(remi: miditok.MusicTokenizer, files: list[Path], n: int, rng: random.Random) -> list[list[str]]:
+    """Prompts of the first ``n`` distinct pieces of a seeded shuffle of ``files`` (unreadable files are skipped).
+
+    The original shuffled its training split and took the first n pieces, so each prompt comes from a different
+    piece. A folder with fewer usable pieces than ``n`` (where the original stops with an IndexError) gives every
+    piece's prompt in turn, again and again, and says so.
+    """
+    order = list(files)
+    rng.shuffle(order)
+    chosen: list[list[str]] = []
+    for path in order:
+        if len(chosen) == n:
+            break
+        try:
+            chosen.append(dataset_prompt_tokens(remi, path))
+        except ValueError as error:
+            print(f"[prompts] skipped: {error}")
+    if not chosen:
+        raise ValueError(f"no file of the {len(files)} MIDI files gave a prompt (see the skipped files above)")
+    if len(chosen) < n:
+        print(f"[prompts] only {len(chosen)} pieces give a prompt for {n} prompts: each piece's prompt is used "
+              f"{n // len(chosen)}-{-(-n // len(chosen))} times")
+    return [chosen[i % len(chosen)] for i in range(n)]
+
+
 def list_midi_files(folder: str | Path) -> list[Path]:
     """Every MIDI file below a folder, sorted so that a seed always picks the same pieces."""
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in MIDI_SUFFIXES)
@@ -74,13 +100,5 @@ def build_prompts(
         files = list_midi_files(midi_dir)
         if not files:
             raise ValueError(f"PROMPT_MIDI_DIR={midi_dir!r} holds no .mid/.midi files")
-        distinct: list[list[str]] = []
-        for path in files:
-            try:
-                distinct.append(dataset_prompt_tokens(remi, path))
-            except ValueError as error:
-                print(f"[prompts] skipped: {error}")
-        if not distinct:
-            raise ValueError(f"PROMPT_MIDI_DIR={midi_dir!r}: no file gave a prompt (see the skipped files above)")
-        return [" ".join(rng.choice(distinct)) for _ in range(n)]
+        return [" ".join(tokens) for tokens in dataset_prompts(remi, files, n, rng)]
     raise ValueError(f"PROMPT_SOURCE={source!r} is not one of {PROMPT_SOURCES}")

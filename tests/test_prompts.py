@@ -45,3 +45,39 @@ def test_bad_sources_are_clear_errors(remi, tmp_path):
         build_prompts("random", remi, 1, seed=0)
     with pytest.raises(ValueError, match="holds no .mid"):
         build_prompts("dataset", remi, 1, seed=0, midi_dir=str(tmp_path))
+
+
+def write_pieces(folder, tempos):
+    for k, qpm in enumerate(tempos):
+        make_score([(0, 1, 60 + k, 80)], qpm=qpm).dump_midi(str(folder / f"piece{k}.mid"))
+
+
+def tempo_of(prompt):
+    return float(prompt.split()[3].split("_")[1])
+
+
+def test_dataset_prompts_are_distinct_pieces_of_a_seeded_shuffle(remi, tmp_path):
+    tempos = [40, 70, 100, 130, 160, 190, 220, 250]  # one REMI tempo bin each, so a prompt names its piece
+    write_pieces(tmp_path, tempos)
+    prompts = build_prompts("dataset", remi, 5, seed=1, midi_dir=str(tmp_path))
+    assert len(set(prompts)) == 5  # five different pieces, none drawn twice
+    assert prompts == build_prompts("dataset", remi, 5, seed=1, midi_dir=str(tmp_path))
+    orders = {tuple(build_prompts("dataset", remi, 8, seed=s, midi_dir=str(tmp_path))) for s in range(5)}
+    assert len(orders) > 1 and all(len(set(order)) == 8 for order in orders)  # shuffled, every piece once
+
+
+def test_dataset_prompts_cycle_through_a_small_folder_and_say_so(remi, tmp_path, capsys):
+    write_pieces(tmp_path, [60, 120, 180])
+    prompts = build_prompts("dataset", remi, 7, seed=0, midi_dir=str(tmp_path))
+    assert len(prompts) == 7 and len(set(prompts)) == 3
+    assert prompts[:3] == prompts[3:6] and prompts[6] == prompts[0]
+    assert "only 3 pieces give a prompt for 7 prompts" in capsys.readouterr().out
+
+
+def test_dataset_prompts_read_only_the_pieces_they_need(remi, tmp_path, capsys):
+    write_pieces(tmp_path, [60, 120, 180, 240])
+    for k in range(4):
+        (tmp_path / f"zbroken{k}.mid").write_bytes(b"not midi")
+    prompts = build_prompts("dataset", remi, 2, seed=0, midi_dir=str(tmp_path))
+    skipped = capsys.readouterr().out.count("skipped")
+    assert len(prompts) == 2 and skipped < 4  # stops once 2 pieces gave prompts
