@@ -41,15 +41,14 @@ from generate import (
     resolve_model_dir, settings_from_arguments,
 )
 from processors import (
-    AES_AXES, AudioBoxAesRewardProcessor, Processor, REWARD_PROCESSORS, TinySoundfontSynthProcessor, crop_score,
-    reward_processors_for, score_seconds,
+    AES_AXES, DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SAMPLE_RATE, AudioBoxAesRewardProcessor, Processor, REWARD_PROCESSORS,
+    TinySoundfontSynthProcessor, crop_score, reward_processors_for, score_seconds,
 )
 from prompts import list_midi_files
 from report import Evaluation, write_report
+from run_record import RECORD_FILE
 from soundfonts import KNOWN_SOUNDFONTS, SoundfontNotFound, resolve_soundfont
 
-SAMPLE_RATE = 48000  # what the renderer produces in training and Audiobox is fed
-MAX_AUDIO_SECONDS = 10
 CHUNK = 8  # clips rendered and scored at once: bounds memory (a 10 s clip is 3.8 MB) and Audiobox's batch
 MP3 = "MP3" in soundfile.available_formats()  # libsndfile >= 1.1 encodes MP3
 # where smart.py saves a run's constants as {"config": {...}}: smart.RUN_CONFIG_FILE (config.json in early runs)
@@ -205,12 +204,12 @@ def audio_scores(
     return values
 
 
-def write_listening_clip(stem: Path, audio: np.ndarray) -> Path:
+def write_listening_clip(stem: Path, audio: np.ndarray, sample_rate: int) -> Path:
     """A clip for the report's players: MP3 (~0.15 MB per 10 s, every browser plays it) or WAV where this
     libsndfile cannot encode MP3. The scores are computed from the unencoded audio, never from this file."""
     path = stem.parent / (stem.name + (".mp3" if MP3 else ".wav"))
     encoding = {"format": "MP3", "subtype": "MPEG_LAYER_III"} if MP3 else {"subtype": "PCM_16"}
-    soundfile.write(path, np.asarray(audio).T, SAMPLE_RATE, **encoding)
+    soundfile.write(path, np.asarray(audio).T, sample_rate, **encoding)
     return path
 
 
@@ -227,7 +226,7 @@ def held_out_soundfonts(requested: Sequence[str] | None, main_path: str) -> dict
         found = {}
         for name in KNOWN_SOUNDFONTS:
             try:
-                found[name] = resolve_soundfont(name)
+                found[name] = resolve_soundfont(name, download=False)
             except SoundfontNotFound:
                 continue
     else:
@@ -238,13 +237,13 @@ def held_out_soundfonts(requested: Sequence[str] | None, main_path: str) -> dict
 
 def robustness_rows(
     table: pd.DataFrame, scores: Mapping[str, list[symusic.Score]], main_label: str, others: Mapping[str, str],
-    scorers: list[Processor], audio_metrics: list[str],
+    scorers: list[Processor], audio_metrics: list[str], sample_rate: int, max_audio_seconds: float,
 ) -> pd.DataFrame:
     """Long table (system, sample, soundfont, metric, value): the main scores and each re-rendering's."""
     rows = [{"system": r.system, "sample": r.sample, "soundfont": main_label, "metric": m, "value": getattr(r, m)}
             for r in table.itertuples() for m in audio_metrics]
     for label, path in others.items():
-        synth = TinySoundfontSynthProcessor(path, SAMPLE_RATE, MAX_AUDIO_SECONDS)
+        synth = TinySoundfontSynthProcessor(path, sample_rate, max_audio_seconds)
         for system, system_scores in scores.items():
             values = audio_scores(system_scores, synth, scorers, f"{system}: {label}")
             samples = table.loc[table.system == system, "sample"]
@@ -294,6 +293,8 @@ def evaluate_systems(
     max_beats: int | None = None,
     permutations: int = 10_000,
     device: str | None = None,
+    sample_rate: int = DEFAULT_SAMPLE_RATE,
+    max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
 ) -> Path:
     """Evaluate systems side by side and write the report folder; return the path of its report.html.
 
@@ -307,6 +308,7 @@ def evaluate_systems(
     listen: how many samples per system get an audio player in report.html (None = all; the default 100
         covers a default-sized run, and keeps a 10,000-file dataset folder from writing 10,000 MP3s).
     max_beats: crop MIDI-folder pieces to this many beats (generated pieces are already cropped as in training).
+    sample_rate, max_audio_seconds: how clips are rendered (a run's SAMPLE_RATE and MAX_AUDIO_DURATION).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -329,7 +331,7 @@ def evaluate_systems(
         if why_not:
             skipped["Audiobox aesthetics (CE, CU, PC, PQ)"] = why_not
         scorers = ([aes] if aes else []) + reward_scorers
-        table = add_audio_scores(table, scores, out, main_path, scorers, listen)
+        table = add_audio_scores(table, scores, out, main_path, scorers, listen, sample_rate, max_audio_seconds)
         audio_metrics = [c for c in table.columns if c in AES_AXES or c.startswith("reward_")]
         others = held_out_soundfonts(robustness_soundfonts, main_path)
         if not audio_metrics:
@@ -338,7 +340,8 @@ def evaluate_systems(
             skipped["soundfont robustness"] = ("no held-out soundfont: name some with --robustness-soundfonts "
                                                "(apt-get install fluid-soundfont-gm musescore-general-soundfont)")
         else:
-            robustness = robustness_rows(table, scores, main_label, others, scorers, audio_metrics)
+            robustness = robustness_rows(
+                table, scores, main_label, others, scorers, audio_metrics, sample_rate, max_audio_seconds)
 
     run = Path(run_dir) if run_dir is not None else None
     if run is None:
@@ -346,7 +349,7 @@ def evaluate_systems(
     evaluation = Evaluation(
         table=table, scores=scores, sources={name: describe(str(source)) for name, source in systems.items()},
         settings=report_settings(generation if any(map(is_model, map(str, systems.values()))) else None,
-                                 soundfont, robustness, max_beats),
+                                 soundfont, robustness, max_beats, sample_rate, max_audio_seconds),
         skipped=skipped,
         robustness=robustness, main_soundfont=main_label,
         run_logs=read_run_logs(run) if run else None, trainer_log=read_trainer_log(run) if run else None,
@@ -360,6 +363,8 @@ def evaluate_run(
     """smart.py's end-of-training report: the run's base model vs its tuned model, scored as it was trained.
 
     ``config`` is smart.py's resolved constants (BASE_MODEL_PATH, PROMPT_SOURCE, SOUNDFONT, REWARD_WEIGHTS, ...).
+    Clips are rendered as in training: the run's SAMPLE_RATE and MAX_AUDIO_DURATION, and the soundfont file the
+    run recorded in run_record.json (the same bytes, even if SOUNDFONT would resolve differently now).
     Both models answer ``n`` prompts drawn with seed SEED + 1, so they are not the first training prompts. The
     Audiobox axes are scored when the run optimised one of them (with its checkpoint, or the hub's); every
     other reward of REWARD_WEIGHTS becomes a reward_<name> column. No soundfont robustness by default (it costs
@@ -373,8 +378,11 @@ def evaluate_run(
         top_p=config["TOP_P"], max_beats=config["MAX_BEATS"],
     )
     uses_audiobox = any(name in AES_AXES for name in config["REWARD_WEIGHTS"])
+    record = run / RECORD_FILE
+    soundfont = json.loads(record.read_text())["soundfont"]["path"] if record.is_file() else config["SOUNDFONT"]
     options = dict(
-        generation=generation, soundfont=config["SOUNDFONT"], run_dir=run, robustness_soundfonts=(),
+        generation=generation, soundfont=soundfont, run_dir=run, robustness_soundfonts=(),
+        sample_rate=config["SAMPLE_RATE"], max_audio_seconds=config["MAX_AUDIO_DURATION"],
         audiobox=(config["AUDIOBOX_CHECKPOINT"] or "hub") if uses_audiobox else None,
         reward_names=[name for name in config["REWARD_WEIGHTS"] if name not in AES_AXES],
     )
@@ -384,21 +392,23 @@ def evaluate_run(
 
 def add_audio_scores(
     table: pd.DataFrame, scores: Mapping[str, list[symusic.Score]], out: Path, soundfont_path: str,
-    scorers: list[Processor], listen: int | None,
+    scorers: list[Processor], listen: int | None, sample_rate: int, max_audio_seconds: float,
 ) -> pd.DataFrame:
     """Render every sample once with the main soundfont: audio-domain columns, and a clip for the report's
     player for the first ``listen`` samples of each system (all when None)."""
-    synth = TinySoundfontSynthProcessor(soundfont_path, SAMPLE_RATE, MAX_AUDIO_SECONDS)
+    synth = TinySoundfontSynthProcessor(soundfont_path, sample_rate, max_audio_seconds)
     parts = []
     for system, system_scores in scores.items():
         rows = table[table.system == system].reset_index(drop=True)
-        save = clip_saver(rows, out, out / "audio" / system, listen)
+        save = clip_saver(rows, out, out / "audio" / system, listen, sample_rate)
         values = audio_scores(system_scores, synth, scorers, f"{system}: audio", save)
         parts.append(pd.concat([rows, pd.DataFrame(values, index=rows.index)], axis=1))
     return pd.concat(parts, ignore_index=True)
 
 
-def clip_saver(rows: pd.DataFrame, out: Path, folder: Path, listen: int | None) -> Callable[[int, np.ndarray], None]:
+def clip_saver(
+    rows: pd.DataFrame, out: Path, folder: Path, listen: int | None, sample_rate: int
+) -> Callable[[int, np.ndarray], None]:
     """An ``on_clip`` that writes the first ``listen`` clips into ``folder`` and notes each in ``rows.audio_file``
     (relative to ``out``, as report.html links it)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -406,16 +416,17 @@ def clip_saver(rows: pd.DataFrame, out: Path, folder: Path, listen: int | None) 
     def save(k: int, audio: np.ndarray) -> None:
         if listen is None or k < listen:
             stem = folder / f"{k:04d}_{slug(Path(rows.at[k, 'sample']).stem)}"
-            rows.at[k, "audio_file"] = write_listening_clip(stem, audio).relative_to(out).as_posix()
+            rows.at[k, "audio_file"] = write_listening_clip(stem, audio, sample_rate).relative_to(out).as_posix()
 
     return save
 
 
 def report_settings(
-    generation: GenerationSettings | None, soundfont: str | None, robustness: pd.DataFrame | None, max_beats: int | None
+    generation: GenerationSettings | None, soundfont: str | None, robustness: pd.DataFrame | None,
+    max_beats: int | None, sample_rate: int, max_audio_seconds: float,
 ) -> dict[str, str]:
     """The lines at the top of the report that say how samples were made and scored."""
-    settings = {"soundfont": str(soundfont)}
+    settings = {"soundfont": str(soundfont), "rendering": f"{sample_rate} Hz, at most {max_audio_seconds} s"}
     if generation is not None:
         g = generation
         settings["sampling (model systems)"] = (

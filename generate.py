@@ -28,7 +28,10 @@ from transformers import AutoModelForCausalLM
 from transformers.trainer_utils import get_last_checkpoint
 
 from midi_tokenizer import load_tokenizers
-from processors import MidiTokToSymusicProcessor, TinySoundfontSynthProcessor, score_seconds
+from processors import (
+    DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SAMPLE_RATE, MidiTokToSymusicProcessor, TinySoundfontSynthProcessor,
+    score_seconds,
+)
 from prompts import PROMPT_SOURCES, build_prompts
 from soundfonts import resolve_soundfont
 
@@ -36,8 +39,6 @@ SAMPLES_FILE = "samples.csv"
 WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
 )
-SAMPLE_RATE = 48000  # the renderer's rate during training (what Audiobox is fed)
-MAX_AUDIO_SECONDS = 10  # as in training: Audiobox's receptive field
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,9 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
 
 def render_wavs(scores: list[symusic.Score], paths: list[Path], soundfont: str) -> None:
     """Render scores with the training renderer (48 kHz, at most 10 s, peak-normalised) into WAV files."""
-    synth = TinySoundfontSynthProcessor(resolve_soundfont(soundfont), SAMPLE_RATE, MAX_AUDIO_SECONDS)
+    synth = TinySoundfontSynthProcessor(resolve_soundfont(soundfont), DEFAULT_SAMPLE_RATE, DEFAULT_MAX_AUDIO_SECONDS)
     for score, path in tqdm(list(zip(scores, paths)), desc="rendering", unit="piece", leave=False):
-        write_wav(path, synth.render(score, score_seconds(score)), SAMPLE_RATE)
+        write_wav(path, synth.render(score, score_seconds(score)), DEFAULT_SAMPLE_RATE)
 
 
 def generate_pieces(

@@ -30,6 +30,8 @@ from render_pool import RenderPool, SoundfontRenderer
 
 Record = dict[str, Any]
 AES_AXES = ("CE", "CU", "PC", "PQ")
+DEFAULT_SAMPLE_RATE = 48000  # the original's render rate (Hz); smart.py's SAMPLE_RATE
+DEFAULT_MAX_AUDIO_SECONDS = 10  # the original's render length, Audiobox's window; smart.py's MAX_AUDIO_DURATION
 AUDIOBOX_WINDOW_SECONDS = 10  # the predictor scores 10 s windows; a clip up to this long is one window
 
 
@@ -107,7 +109,10 @@ class TinySoundfontSynthProcessor(Processor):
     a batch's records in parallel, in order.
     """
 
-    def __init__(self, soundfont_path: str, sample_rate: int, max_duration_seconds: float = 10, num_workers: int = 1):
+    def __init__(
+        self, soundfont_path: str, sample_rate: int, max_duration_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
+        num_workers: int = 1,
+    ):
         if num_workers < 1:
             raise ValueError(f"num_workers={num_workers!r}: give 1 (render in-process) or more worker processes")
         self.soundfont_path = soundfont_path

@@ -18,7 +18,8 @@ from pathlib import Path
 from configurator import ConfigError, apply_overrides, apply_values
 
 # --- reproducibility ---------------------------------------------------------------------------------------------
-SEED = 1  # seed for prompts, sampling and training (the paper-era scripts used 0)
+SEED = 1  # seed for the prompts (the original's SEED; the paper-era scripts used 0)
+TRAINER_SEED = 42  # GRPOConfig.seed: prompt order, sampling, init; the original set none, so TRL's default 42
 # --- model ----------------------------------------------------------------------------------------------------
 BASE_MODEL_PATH = "lucacasini/metamidipianophi3_4L"  # hub id or local dir with config.json + miditok tokenizer.json
 TRUST_REMOTE_CODE = False  # run code shipped with a hub model; off unless you trust it
@@ -109,12 +110,17 @@ from transformers import TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from evaluate import evaluate_run, read_run_logs, read_trainer_log  # noqa: E402
+from preflight import AUDIOBOX_HUB_ID  # noqa: E402
 from midi_tokenizer import load_tokenizers  # noqa: E402
-from processors import MidiTokToSymusicProcessor, TinySoundfontSynthProcessor, reward_processors_for  # noqa: E402
+from processors import (  # noqa: E402
+    AudioBoxAesRewardProcessor, MidiTokToSymusicProcessor, REWARD_PROCESSORS, TinySoundfontSynthProcessor,
+    reward_processors_for,
+)
 from prompts import build_prompts  # noqa: E402
 from render_pool import default_render_workers  # noqa: E402
 from report import plot_training  # noqa: E402
 from reward_manager import RewardManager  # noqa: E402
+from run_record import build_record, describe, write_record  # noqa: E402
 from soundfonts import resolve_soundfont  # noqa: E402
 
 STEP_FOLDERS = ("rl_logs", "midi", "audio")
@@ -226,11 +232,12 @@ if __name__ == "__main__":
     train_dataset = Dataset.from_dict({"prompt": prompts, "prompt_ids": bridge(prompts)["input_ids"]})
 
     # --- the reward chain -----------------------------------------------------------------------------------------
+    soundfont_path = resolve_soundfont(SOUNDFONT)
     reward_manager = RewardManager(
         processors=[
             MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=MAX_BEATS),
             TinySoundfontSynthProcessor(
-                resolve_soundfont(SOUNDFONT), SAMPLE_RATE, MAX_AUDIO_DURATION,
+                soundfont_path, SAMPLE_RATE, MAX_AUDIO_DURATION,
                 num_workers=default_render_workers() if RENDER_WORKERS is None else RENDER_WORKERS,
             ),
             *reward_processors_for(REWARD_WEIGHTS, AUDIOBOX_CHECKPOINT),
@@ -272,7 +279,7 @@ if __name__ == "__main__":
         save_steps=SAVE_STEPS,
         report_to=REPORT_TO,
         run_name=run_dir.name,
-        seed=SEED,
+        seed=TRAINER_SEED,
     )
     trainer = GRPOTrainer(
         model=BASE_MODEL_PATH,
@@ -282,6 +289,18 @@ if __name__ == "__main__":
         processing_class=bridge,
         callbacks=[StopOnSignal()],
     )
+
+    # --- what this run really used: printed, and saved beside smart_config.json ----------------------------------
+    record = build_record(
+        soundfont_path=soundfont_path, base_model=BASE_MODEL_PATH, audiobox_checkpoint=AUDIOBOX_CHECKPOINT,
+        uses_audiobox=any(REWARD_PROCESSORS[name] is AudioBoxAesRewardProcessor for name in REWARD_WEIGHTS),
+        audiobox_hub_id=AUDIOBOX_HUB_ID, device=trainer.accelerator.device,
+        policy_dtype=str(next(trainer.model.parameters()).dtype).removeprefix("torch."),
+        mixed_precision="bf16" if training_args.bf16 else "no", num_processes=state.num_processes,
+    )
+    if state.is_main_process:
+        print(describe(record))
+        write_record(run_dir, record, resumed=checkpoint is not None)
     try:
         trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     finally:

@@ -287,25 +287,6 @@ finally:
 """
 
 
-def random_paper_size_policy(workdir: Path) -> Path:
-    """A random Phi-3 of the paper's size (4 layers x 512, ~17M parameters) with the project's tokenizer."""
-    from transformers import Phi3Config, Phi3ForCausalLM
-
-    from midi_tokenizer import bridge_tokenizer, default_remi
-
-    torch.manual_seed(SEED)
-    remi = default_remi()
-    config = Phi3Config(
-        vocab_size=len(remi), hidden_size=512, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=8,
-        num_key_value_heads=8, max_position_embeddings=2048, pad_token_id=remi.vocab["PAD_None"],
-        bos_token_id=remi.vocab["BOS_None"], eos_token_id=remi.vocab["EOS_None"],
-    )
-    directory = workdir / "phi3-4x512"
-    Phi3ForCausalLM(config).save_pretrained(directory)
-    bridge_tokenizer(remi).save_pretrained(directory)
-    return directory
-
-
 def grpo_steps(workdir: Path, steps: int, workers: int | None, preset: str | None, overrides: list[str]) -> str:
     """Seconds per GRPO step of a smart.py run with few steps: the offline preset by default."""
     if preset:
@@ -483,7 +464,10 @@ def main() -> None:
         preset = args.e2e_preset
         if args.e2e_paper_size_policy:
             preset = "" if preset is None else preset
-            overrides.append(f"BASE_MODEL_PATH={random_paper_size_policy(workdir)}")
+            from standins import PAPER_POLICY_SIZE, make_tiny_policy
+
+            policy = make_tiny_policy(workdir / "phi3-4x512", **PAPER_POLICY_SIZE, seed=SEED)
+            overrides.append(f"BASE_MODEL_PATH={policy}")
             if not any(o.startswith("AUDIOBOX_CHECKPOINT=") for o in overrides):
                 checkpoint = args.audiobox_checkpoint or random_audiobox_checkpoint(workdir)
                 overrides.append(f"AUDIOBOX_CHECKPOINT={checkpoint}")

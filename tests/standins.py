@@ -4,10 +4,16 @@
 - ``make_audiobox_checkpoint``: a random-weight Audiobox Aesthetics ``checkpoint.pt`` in the format
   ``audiobox_aesthetics.infer.initialize_predictor(ckpt=...)`` loads (stack.md §C). Its head is perturbed so
   that scores differ between clips (an untouched random model scores every clip the same).
+- ``make_hub_audiobox``: the same model as ``AesMultiOutput.save_pretrained`` writes the hub repo.
+- ``put_in_hf_cache``: a saved folder placed in a Hugging Face hub cache under a repo id, in the layout a download
+  leaves (blobs, snapshots/<commit>, refs/main), so the real hub-loading code runs offline (``HF_HUB_OFFLINE=1``).
+- ``fill_paper_hub_cache``: stand-ins for both hub repos smart.py's defaults load.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -21,13 +27,19 @@ AUDIOBOX_CONFIG = dict(
 )
 
 
-def make_tiny_policy(directory: Path, hidden_size: int = 32, layers: int = 1, seed: int = 0) -> Path:
-    """A random Phi-3 causal LM over the project's vocabulary, with miditok's tokenizer.json beside it."""
+PAPER_POLICY_SIZE = dict(hidden_size=512, layers=4, heads=8, ffn_multiple=4)  # metamidipianophi3_4L (paper.md §1.2)
+
+
+def make_tiny_policy(
+    directory: Path, hidden_size: int = 32, layers: int = 1, heads: int = 2, ffn_multiple: int = 2, seed: int = 0
+) -> Path:
+    """A random Phi-3 causal LM over the project's vocabulary, with miditok's tokenizer.json beside it;
+    ``**PAPER_POLICY_SIZE`` gives the paper's 4-layer, 512-wide model (~17M parameters)."""
     torch.manual_seed(seed)
     remi = default_remi()
     config = Phi3Config(
-        vocab_size=len(remi), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-        num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+        vocab_size=len(remi), hidden_size=hidden_size, intermediate_size=ffn_multiple * hidden_size,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=1024,
         pad_token_id=remi.vocab["PAD_None"], bos_token_id=remi.vocab["BOS_None"], eos_token_id=remi.vocab["EOS_None"],
     )
     Phi3ForCausalLM(config).save_pretrained(directory)
@@ -35,18 +47,66 @@ def make_tiny_policy(directory: Path, hidden_size: int = 32, layers: int = 1, se
     return directory
 
 
-def make_audiobox_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A random-weight Audiobox Aesthetics checkpoint.pt that loads with no network."""
+def random_audiobox(seed: int = 0):
+    """A full-size random Audiobox Aesthetics model whose scores differ between clips."""
     from audiobox_aesthetics.infer import AXES_NAME
     from audiobox_aesthetics.model.aes import AesMultiOutput
 
     torch.manual_seed(seed)
-    target_transform = {axis: {"mean": 5.5, "std": 1.5} for axis in AXES_NAME}
-    model = AesMultiOutput(**AUDIOBOX_CONFIG, target_transform=target_transform)
+    model = AesMultiOutput(**AUDIOBOX_CONFIG, target_transform={axis: {"mean": 5.5, "std": 1.5} for axis in AXES_NAME})
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.startswith("proj_layer"):
                 parameter.mul_(50.0)
+    return model
+
+
+def make_audiobox_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A random-weight Audiobox Aesthetics checkpoint.pt that loads with no network."""
+    model = random_audiobox(seed)
     state = {f"model.{key}": value for key, value in model.state_dict().items()}
-    torch.save({"state_dict": state, "model_cfg": AUDIOBOX_CONFIG, "target_transform": target_transform}, path)
+    torch.save({"state_dict": state, "model_cfg": AUDIOBOX_CONFIG, "target_transform": model.target_transform}, path)
     return path
+
+
+def make_hub_audiobox(directory: Path, seed: int = 0) -> Path:
+    """The random model saved as the hub repo facebook/audiobox-aesthetics holds it (config.json, safetensors)."""
+    random_audiobox(seed).save_pretrained(directory)
+    return directory
+
+
+def put_in_hf_cache(repo_id: str, folder: Path, hub_cache: Path) -> str:
+    """Place a saved folder in a hub cache as ``repo_id``'s main revision; return the (made-up) commit hash.
+
+    The layout is the one huggingface_hub writes: file contents under ``blobs/<hash>``, the revision's tree as
+    links in ``snapshots/<commit>/``, and ``refs/main`` naming the commit.
+    """
+    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
+    files = sorted(path for path in Path(folder).rglob("*") if path.is_file())
+    hashes = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
+    commit = hashlib.sha1("".join(hashes.values()).encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    for path, digest in hashes.items():
+        blob = repo / "blobs" / digest
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(path.read_bytes())
+        link = snapshot / path.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return commit
+
+
+POLICY_HUB_ID = "lucacasini/metamidipianophi3_4L"
+AUDIOBOX_HUB_ID = "facebook/audiobox-aesthetics"
+
+
+def fill_paper_hub_cache(hf_home: Path, workdir: Path, **policy_size: int) -> dict[str, str]:
+    """Stand-ins for smart.py's two hub defaults in ``hf_home/hub``: repo id -> commit. ``policy_size`` goes to
+    ``make_tiny_policy`` (hidden_size, layers, ...)."""
+    policy = make_tiny_policy(workdir / "policy", **policy_size)
+    audiobox = make_hub_audiobox(workdir / "audiobox")
+    hub_cache = hf_home / "hub"
+    return {POLICY_HUB_ID: put_in_hf_cache(POLICY_HUB_ID, policy, hub_cache),
+            AUDIOBOX_HUB_ID: put_in_hf_cache(AUDIOBOX_HUB_ID, audiobox, hub_cache)}

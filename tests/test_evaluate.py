@@ -192,7 +192,8 @@ def test_same_model_same_prompts_gives_identical_samples_and_training_curves(tmp
     run = fake_run(tmp_path, model)
     config = {"BASE_MODEL_PATH": str(model), "PROMPT_SOURCE": "procedural", "PROMPT_MIDI_DIR": None, "SEED": 1,
               "MAX_COMPLETION_LENGTH": 64, "TEMPERATURE": 1.0, "TOP_K": 50, "TOP_P": 1.0, "MAX_BEATS": 100,
-              "SOUNDFONT": "timgm6mb", "REWARD_WEIGHTS": {"note_density": 1.0}, "AUDIOBOX_CHECKPOINT": None}
+              "SOUNDFONT": "timgm6mb", "REWARD_WEIGHTS": {"note_density": 1.0}, "AUDIOBOX_CHECKPOINT": None,
+              "SAMPLE_RATE": 48000, "MAX_AUDIO_DURATION": 10}
     report = evaluate.evaluate_run(run, config, n=3, permutations=99)
     assert report == run / "eval" / "report.html"
     table = pd.read_csv(run / "eval" / "features.csv", keep_default_na=False)
@@ -213,3 +214,29 @@ def test_generation_settings_reach_the_report(folders, tmp_path: Path):
     assert "2 pieces, prompts 'procedural-no-starting-note', seed 3, 16 new tokens" in summary
     assert "**audio**: no soundfont given" in summary
     assert len(list((tmp_path / "out" / "samples" / "model").glob("*.mid"))) == 2
+
+
+def test_the_end_of_run_report_renders_as_the_run_did(tmp_path: Path):
+    """evaluate_run takes the run's SAMPLE_RATE, MAX_AUDIO_DURATION, MAX_BEATS and recorded soundfont file."""
+    model = save_tiny_model(tmp_path / "base_model")
+    run = fake_run(tmp_path, model)
+    recorded = tmp_path / "elsewhere" / "recorded.sf2"  # the file the run used; its name resolves nowhere
+    recorded.parent.mkdir()
+    shutil.copy(resolve_soundfont("timgm6mb"), recorded)
+    (run / "run_record.json").write_text(json.dumps({"soundfont": {"path": str(recorded)}}))
+    config = {"BASE_MODEL_PATH": str(model), "PROMPT_SOURCE": "procedural", "PROMPT_MIDI_DIR": None, "SEED": 1,
+              "MAX_COMPLETION_LENGTH": 64, "TEMPERATURE": 1.0, "TOP_K": 50, "TOP_P": 1.0, "MAX_BEATS": 3,
+              "SOUNDFONT": "no-longer-installed", "REWARD_WEIGHTS": {"audio_activity": 1.0},
+              "AUDIOBOX_CHECKPOINT": None, "SAMPLE_RATE": 16000, "MAX_AUDIO_DURATION": 2}
+    evaluate.evaluate_run(run, config, n=3, permutations=9)
+    table = pd.read_csv(run / "eval" / "features.csv", keep_default_na=False)
+    clips = [run / "eval" / name for name in table.audio_file if name]
+    assert len(clips) == 6
+    import soundfile
+
+    for clip in clips:
+        info = soundfile.info(str(clip))
+        assert info.samplerate == 16000 and info.duration <= 2.1
+    assert (table.duration_seconds <= 3 * 60 / 40 + 1e-6).all()  # 3 beats at the slowest prompt tempo
+    summary = (run / "eval" / "summary.md").read_text()
+    assert "16000 Hz, at most 2 s" in summary and "recorded" in summary
