@@ -1,11 +1,13 @@
 # Two commands take a fresh machine from nothing to a result:
 #   make test    set up .venv and run the test suite
 #   make local   set up .venv and run the offline SMART preset (python smart.py config/local.py)
+# On a GPU box:
+#   make gpu-check   the paper's default path at the paper's size with stand-ins: stage times, memory, speedups
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test local
+.PHONY: setup test local gpu-check
 
 setup: $(VENV)/.installed
 
@@ -21,3 +23,6 @@ test: setup
 
 local: setup
 	$(PY) smart.py config/local.py
+
+gpu-check: setup
+	$(PY) bench/gpu_check.py
