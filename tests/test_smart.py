@@ -1,6 +1,7 @@
 """smart.py end to end: defaults, fail-fast errors, and real GRPO steps through the whole reward chain."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from safetensors.torch import load_file
 
 from conftest import ROOT
 from preflight import check_config
+import soundfonts
+from soundfonts import SoundfontNotFound, resolve_soundfont
 
 PAPER_DEFAULTS = dict(
     SEED=1, TRAINER_SEED=42, NUM_GENERATIONS=8, TEMPERATURE=1.0, NUM_ITERATIONS=1, SCALE_REWARDS=True, NUM_TRAIN_STEPS=200,
@@ -46,6 +49,26 @@ def test_default_run_offline_fails_fast_naming_what_it_could_not_fetch():
     assert "python smart.py config/local.py" in result.stderr
     assert "Traceback" not in result.stderr
     assert time.monotonic() - start < 30
+
+
+def test_plain_python_smart_py_offline_fails_fast_with_the_soundfont_and_hub_ids(tmp_path):
+    """Nothing cached, no network: the defaults (musescore included) stop within seconds, no hanging on DNS."""
+    if soundfonts.network_reachable(soundfonts.ORIGINAL_SOUNDFONT.url):
+        pytest.skip("this machine reaches the soundfont server: the offline path cannot be seen here")
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg"), "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "smart.py"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env=env)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "lucacasini/metamidipianophi3_4L" in result.stderr and "facebook/audiobox-aesthetics" in result.stderr
+    try:
+        local = resolve_soundfont("musescore", download=False)  # a Debian copy on this machine: used, with a warning
+        assert f"'musescore' resolved to {local}, which is not byte-identical" in result.stdout
+    except SoundfontNotFound:
+        assert "SOUNDFONT: soundfont 'musescore' not found" in result.stderr
+        assert "MuseScore_General.sf3 is missing and https://ftp.osuosl.org" in result.stderr
+    assert time.monotonic() - start < 60
 
 
 @pytest.fixture
