@@ -30,6 +30,44 @@ from scores import make_score
 SAMPLE_RATE = 48000
 
 
+# --- 4: a processor that fails on most records stops the run ------------------------------------------------------
+class FailsOn(Processor):
+    """Raises ``error`` for the records whose index is in ``failing``; gives the others reward 0.5."""
+
+    def __init__(self, failing, error):
+        self.failing, self.error = set(failing), error
+
+    def __call__(self, records):
+        for record in records:
+            if record["idx"] in self.failing:
+                raise self.error
+            record["normalized_rewards"]["r"] = 0.5
+        return records
+
+
+def call(manager, n):
+    return manager(prompts=["p"] * n, completion_ids=[[5, 6]] * n, prompt_ids=[[1]] * n)
+
+
+@pytest.mark.parametrize("failing, n", [(range(8), 8), (range(5), 8), (range(2), 2)])
+def test_a_processor_failing_on_most_records_stops_the_run(tmp_path, failing, n):
+    error = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+    manager = RewardManager([FailsOn(failing, error)], {"r": 1.0}, tmp_path)
+    with pytest.raises(ProcessorFailed) as raised:
+        call(manager, n)
+    message = str(raised.value)
+    assert f"FailsOn failed on {len(failing)} of {n} records of reward step 0" in message
+    assert "OutOfMemoryError: CUDA out of memory" in message and "--RESUME" in message
+    assert raised.value.__cause__ is error
+
+
+@pytest.mark.parametrize("failing, n", [(range(4), 8), ([3], 8), ([1], 2), ([0], 3)])
+def test_a_few_failing_records_keep_the_per_record_fallback(tmp_path, failing, n):
+    manager = RewardManager([FailsOn(failing, RuntimeError("CUDA error: an illegal memory access"))], {"r": 1.0},
+                            tmp_path)
+    assert call(manager, n) == [0.0 if i in failing else 0.5 for i in range(n)]
+
+
 # --- 7: render workers on big nodes, balanced hand-out ------------------------------------------------------------
 @pytest.mark.parametrize("files, quota", [
     ({"cpu.max": "800000 100000\n"}, 8.0),
