@@ -202,8 +202,8 @@ def check_weight_names(model: torch.nn.Module, names: set[str], source: str) -> 
             f"the Audiobox weights from {source} do not fit the model of the installed audiobox_aesthetics: "
             f"{len(missing)} model weights missing from the file {missing[:3]}, {len(unused)} weights in the file "
             f"unused {unused[:3]}; those weights would stay random and every score would be noise. Install "
-            "audiobox_aesthetics as pinned in requirements.txt, or delete the cached download (huggingface-cli "
-            f"delete-cache) so it is fetched again"
+            "audiobox_aesthetics as pinned in requirements.txt, or delete the cached download (under "
+            "~/.cache/huggingface/hub) so that it is fetched again"
         )
 
 
