@@ -2,10 +2,16 @@
 #   make test    set up .venv and run the test suite
 #   make local   set up .venv and run the offline SMART preset (python smart.py config/local.py)
 # On a GPU box:
-#   make gpu-check   the paper's default path at the paper's size with stand-ins: stage times, memory, speedups
+#   make setup CUDA=cu126   torch's build for another CUDA version (README: Running on a GPU box)
+#   make gpu-check          the paper's default path at the paper's size with stand-ins: stage times, memory, speedups
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Empty: PyPI's torch, built for CUDA 13.0 (drivers >= 580, GPUs of compute capability 7.5-12.0). cu126, cu130, cu132,
+# cu134 or cpu: torch and torchaudio, at the pinned versions, from that build's PyTorch index.
+CUDA ?=
+TORCH_INDEX ?= https://download.pytorch.org/whl/$(CUDA)
+TORCH_PINS := $(shell grep -E '^torch(audio)?==' requirements.txt | cut -d' ' -f1)
 
 .PHONY: setup test local gpu-check
 
@@ -14,6 +20,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
+	$(if $(CUDA),$(PY) -m pip install -q --index-url $(TORCH_INDEX) $(TORCH_PINS))
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	touch $@

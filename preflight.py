@@ -3,18 +3,26 @@
 ``check_config`` returns one message per problem, each naming the constant, its bad value and a fix, so a
 mistake costs seconds instead of a model load (or an hour of training before a crash in a reward step).
 Network checks are quick: a hub id is looked up once with a short timeout, and the HF cache counts as present.
+``gpu_problems`` checks the machine instead (a GPU torch cannot use, the build tools Triton needs).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from processors import REWARD_PROCESSORS
+from processors import AUDIOBOX_HUB_ID, REWARD_PROCESSORS
 from prompts import PROMPT_SOURCES
 from soundfonts import SoundfontNotFound, resolve_soundfont
 
-AUDIOBOX_HUB_ID = "facebook/audiobox-aesthetics"
 OFFLINE_HINT = (
     "Without a network, run the offline preset: python smart.py config/local.py "
     "(shipped model models/piano-tiny, weight-free rewards)"
@@ -59,6 +67,10 @@ def check_config(config: dict[str, Any], world_size: int = 1) -> list[str]:
          "MAX_BEATS", "SAMPLE_RATE", "MAX_AUDIO_DURATION", "SAVE_STEPS", "AUDIO_SAVE_INTERVAL",
          "GRADIENT_ACCUMULATION_STEPS", "NUM_ITERATIONS", "TEMPERATURE"),
     )
+    if config.get("AUDIOBOX_BATCH_SIZE") is not None and config["AUDIOBOX_BATCH_SIZE"] < 1:
+        problems.append(
+            f"AUDIOBOX_BATCH_SIZE={config['AUDIOBOX_BATCH_SIZE']!r} must be >= 1, or None (fit the free GPU memory)"
+        )
     if config["BETA"] < 0:
         problems.append(f"BETA={config['BETA']!r} must be >= 0 (0 disables the KL penalty)")
     if config["NUM_GENERATIONS"] < 2:
@@ -109,3 +121,107 @@ def check_config(config: dict[str, Any], world_size: int = 1) -> list[str]:
     if model_problem:
         problems.append(model_problem)
     return problems
+
+
+def gpu_problems(which: Callable[[str], str | None] | None = None, run: Callable[..., Any] | None = None) -> list[str]:
+    """What stops this machine from training on its GPU, as messages that say what to install; empty when fine.
+
+    - ``nvidia-smi`` lists a GPU but torch cannot use it: the installed torch build needs a newer driver
+      (PyPI's torch 2.14 is built for CUDA 13) or is a CPU build, and training would silently run on the CPU
+      for days. ``CUDA_VISIBLE_DEVICES=""`` (no GPU, on purpose) skips this.
+    - torch sees the GPU but was not built for its compute capability (a V100 with the CUDA 13 build): the
+      first kernel would fail.
+    - TRL's log-prob kernel is Triton on CUDA, and Triton compiles a C helper at its first launch: that needs
+      a C compiler (``$CC``, gcc or clang, the ones Triton looks for) and Python's headers (``Python.h``).
+    ``which`` and ``run`` default to ``shutil.which`` and ``subprocess.run``; tests pass stand-ins.
+    """
+    import torch
+
+    which = which or shutil.which
+    run = run or subprocess.run
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return []
+    with warnings.catch_warnings(record=True) as caught:  # torch warns why CUDA cannot start (driver too old)
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    if not available:
+        gpus = _nvidia_smi_gpus(which, run)
+        if not gpus:
+            return []
+        reason = "; ".join(str(w.message).strip().splitlines()[0] for w in caught) or "no reason given"
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        return [
+            f"nvidia-smi sees {', '.join(gpus)} but torch {torch.__version__} ({build}) cannot use it ({reason}); "
+            f"training would run on the CPU instead. {_driver_hint(run)}Install the torch build for this driver: "
+            f"rm -rf .venv && make setup CUDA=cu126 (see README 'Running on a GPU box'), or train on the CPU on "
+            f"purpose with CUDA_VISIBLE_DEVICES= python smart.py ..."
+        ]
+    problems = [_capability_problem(torch, index) for index in range(torch.cuda.device_count())]
+    problems = [problem for problem in problems if problem]
+    missing = []
+    if os.environ.get("CC") is None and not (which("gcc") or which("clang")):
+        missing.append("a C compiler (gcc or clang, or set CC)")
+    if not python_header().is_file():
+        missing.append(f"Python's headers ({python_header()})")
+    if missing:
+        problems.append(
+            f"TRL's log-prob kernel (Triton) compiles a small C helper on its first CUDA step and needs "
+            f"{' and '.join(missing)}. Install them: apt-get install build-essential python3-dev (Debian/Ubuntu; "
+            f"python{sys.version_info.major}.{sys.version_info.minor}-dev for a non-default Python), "
+            f"dnf install gcc python3-devel (Fedora/RHEL), or conda install -c conda-forge gcc in a conda Python"
+        )
+    return problems
+
+
+def python_header() -> Path:
+    """Where Triton looks for ``Python.h`` (its scheme rule: Debian's posix_local reads as posix_prefix)."""
+    scheme = sysconfig.get_default_scheme()
+    include = sysconfig.get_paths(scheme="posix_prefix" if scheme == "posix_local" else scheme)["include"]
+    return Path(include) / "Python.h"
+
+
+def _nvidia_smi_gpus(which: Callable[[str], str | None], run: Callable[..., Any]) -> list[str]:
+    """The GPUs ``nvidia-smi -L`` lists ("NVIDIA A100-SXM4-40GB"), none where it is missing or fails."""
+    if not which("nvidia-smi"):
+        return []
+    try:
+        listing = run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if listing.returncode != 0:
+        return []
+    return [match.group(1) for match in re.finditer(r"^GPU \d+: (.+?)(?: \(UUID|$)", listing.stdout, re.MULTILINE)]
+
+
+def _driver_hint(run: Callable[..., Any]) -> str:
+    """'The driver supports CUDA 12.4. ' from nvidia-smi's banner, or nothing."""
+    try:
+        banner = run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    found = re.search(r"CUDA Version:\s*([\d.]+)", banner or "")
+    return f"The driver supports CUDA {found.group(1)}. " if found else ""
+
+
+def _capability_problem(torch: Any, index: int) -> str | None:
+    """Why torch's build cannot run kernels on GPU ``index``, or None if it can.
+
+    A build's ``sm_XY`` code runs on GPUs of the same major version with minor >= Y; its ``compute_XY`` code (PTX)
+    is compiled at load time for any GPU >= XY.
+    """
+    arch_list = torch.cuda.get_arch_list()
+    if not arch_list:
+        return None
+    major, minor = torch.cuda.get_device_capability(index)
+    device = 10 * major + minor
+    for arch in arch_list:
+        kind, _, number = arch.partition("_")
+        code = int(number.rstrip("af"))
+        if (kind == "sm" and code // 10 == major and code <= device) or (kind == "compute" and code <= device):
+            return None
+    return (
+        f"GPU {index}, {torch.cuda.get_device_name(index)} (compute capability {major}.{minor}), is not supported by "
+        f"torch {torch.__version__} (built for {' '.join(arch_list)}): its first kernel would fail. Install a "
+        f"build that covers it: rm -rf .venv && make setup CUDA=cu126 (sm_50 to sm_90; README 'Running on a GPU box')"
+    )

@@ -12,8 +12,9 @@ score (up to 150 s at 40 BPM) and then cut it to 10 s.
   hold 16 times) and start with the soundfont already loaded. The load happens in the background:
   ``RenderPool()`` returns at once, and the first ``render_many`` waits only for what is still loading;
 - jobs are ``(MIDI bytes, duration)``, results are float32 ``(2, N)`` arrays, returned in job order; the most
-  expensive jobs are handed out first, each to the next idle worker, two at a time so that a worker never
-  waits for the parent; the audio comes back through memory shared with the worker (no pipe, no pickle);
+  expensive jobs are handed out first, one to every worker (the least loaded first) before any worker gets a
+  second queued job, so that a worker never waits for the parent; then each job to the next idle worker; the
+  audio comes back through memory shared with the worker (no pipe, no pickle);
 - a job that fails comes back as an error message (never an exception), and a worker that dies is replaced;
 - the fork server is a plain ``python render_pool.py`` process started with ``subprocess`` (fork + exec, so
   nothing is inherited from a parent that already runs torch threads). Unlike ``multiprocessing``'s "spawn" or
@@ -28,8 +29,10 @@ render starts from the same flushed synth (tests/test_render_pool.py checks many
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -40,12 +43,16 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 
 import numpy as np
 import tinysoundfont
 
 FLUSH_SECONDS = 4  # the original renders 4 s after sounds_off before each score, so voices fully decay
 CLOSE_TIMEOUT_SECONDS = 5.0  # how long close() waits for a worker to exit before killing it
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # where a container sees its own cgroup (its CPU quota)
+FDS_PER_WORKER = 3  # descriptors the parent holds per worker: two pipe ends and the mapped audio slots
+FDS_RESERVED = 256  # descriptors left for everything else (torch, datasets, checkpoints, logs)
 
 
 def available_cores() -> int:
@@ -56,10 +63,57 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_render_workers() -> int:
-    """All available cores, shared between the ranks that torchrun/accelerate start on this machine."""
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU quota of this process's container in cores (e.g. 8.0 for a pod limited to 8 CPUs), None if unlimited.
+
+    Containers (Docker, Kubernetes) limit CPU time with a cgroup quota while the affinity mask still lists every
+    core of the host, so a pod limited to 8 CPUs on a 128-core node would otherwise start 128 workers that share 8
+    cores. Inside a container ``root`` is the container's own cgroup: cgroup v2 writes the quota as
+    ``cpu.max`` ("<quota> <period>" or "max <period>"), v1 as ``cpu.cfs_quota_us`` (-1: none) and
+    ``cpu.cfs_period_us`` under ``cpu/`` or ``cpu,cpuacct/``.
+    """
+    candidates = [(root / "cpu.max", None)] + [
+        (root / folder / "cpu.cfs_quota_us", root / folder / "cpu.cfs_period_us") for folder in ("cpu", "cpu,cpuacct")
+    ]
+    for quota_file, period_file in candidates:
+        try:
+            if period_file is None:
+                quota, period = quota_file.read_text().split()[:2]
+            else:
+                quota, period = quota_file.read_text().strip(), period_file.read_text().strip()
+            if quota in ("max", "-1"):
+                return None
+            cores = float(quota) / float(period)
+        except (OSError, ValueError, ZeroDivisionError):  # not this cgroup version, or unreadable
+            continue
+        return cores if cores > 0 else None
+    return None
+
+
+def fd_limited_workers() -> int:
+    """The most workers this process's open-file limit leaves room for (each holds FDS_PER_WORKER descriptors)."""
+    soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft_limit == resource.RLIM_INFINITY:
+        return sys.maxsize
+    return max(1, (soft_limit - FDS_RESERVED) // FDS_PER_WORKER)
+
+
+def default_render_workers(batch_size: int | None = None, cgroup_root: Path = CGROUP_ROOT) -> int:
+    """Workers for one rank: the cores this process may use, shared by the ranks torchrun/accelerate start here.
+
+    The cores are the fewer of the affinity mask and the container's CPU quota (``cgroup_cpu_limit``, rounded up).
+    More workers than completions per step (``batch_size``) would sit idle, and more than the open-file limit
+    allows would fail to start, so both cap the count; at least one.
+    """
+    cores = available_cores()
+    quota = cgroup_cpu_limit(cgroup_root)
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    return max(1, available_cores() // max(1, local_ranks))
+    workers = min(cores // max(1, local_ranks), fd_limited_workers())
+    if batch_size is not None:
+        workers = min(workers, batch_size)
+    return max(1, workers)
 
 
 class SoundfontRenderer:
@@ -323,12 +377,13 @@ class RenderPool:
         """Render ``(midi bytes, duration seconds)`` jobs; for each, in order, its audio or an error message.
 
         ``costs`` (optional, one number per job) sets the hand-out order, most expensive first, which shortens
-        the wait for the last job when costs vary. A worker that dies fails the job it was rendering (its queued
-        jobs go to the others) and is replaced.
+        the wait for the last job when costs vary; without them every job counts the same. A worker that dies
+        fails the job it was rendering (its queued jobs go to the others) and is replaced.
         """
         self._wait_until_loaded()
         results: list[np.ndarray | str | None] = [None] * len(jobs)
-        order = sorted(range(len(jobs)), key=lambda i: -costs[i]) if costs is not None else list(range(len(jobs)))
+        costs = [1.0] * len(jobs) if costs is None else costs
+        order = sorted(range(len(jobs)), key=lambda i: -costs[i])
         order.reverse()  # pop() from the end hands out the first in order
         requeued: set[int] = set()  # jobs put back once after their worker died before starting them
 
@@ -339,8 +394,8 @@ class RenderPool:
                 requeued.add(job)
                 order.append(job)
 
-        def hand_out(worker: _Worker) -> None:
-            while order and worker.free_slots:
+        def hand_out(worker: _Worker, most: int = PREFETCH) -> None:
+            while order and worker.free_slots and most > 0:
                 job = order.pop()
                 midi, seconds = jobs[job]
                 slot = worker.free_slots.pop()
@@ -351,9 +406,13 @@ class RenderPool:
                     worker = self._replace(worker)
                     continue
                 worker.jobs.append((job, slot))
+                most -= 1
 
-        for worker in list(self._workers):
-            hand_out(worker)
+        # Every worker gets one job before any gets a second, and each next job (the largest left) goes to the
+        # worker with the least queued work, so the largest jobs start at once, on different workers.
+        for _ in range(PREFETCH):
+            for worker in sorted(self._workers, key=lambda w: sum(costs[job] for job, _ in w.jobs)):
+                hand_out(worker, most=1)
         while any(worker.jobs for worker in self._workers):
             busy = {worker.inbox: worker for worker in self._workers if worker.jobs}
             for connection in wait(list(busy)):

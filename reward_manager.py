@@ -36,6 +36,24 @@ from processors import Processor, Record, add_error
 NOT_LOGGED = ("sm", "audio")  # too large for the parquet log; saved as MIDI and WAV instead
 
 
+class ProcessorFailed(RuntimeError):
+    """A processor failed on most records of a step: the run must stop instead of training on fallback rewards."""
+
+
+def is_broken(failed: int, total: int) -> bool:
+    """Whether ``failed`` of ``total`` records failing one processor means the processor, not the records, is bad.
+
+    More than half of the records, and at least 2. Bad records are rare: the processors handle garbage without
+    raising (tests/test_fuzz.py and bench/fuzz_rewards.py: 0 failures in 10,000 random token sequences), so an
+    exception is a bug hit by an unusual record, and even a bug that hits a whole GRPO group leaves the other
+    groups of the step training normally. More than half of a step failing is what a broken processor or device
+    looks like (a CUDA out-of-memory or device error fails every record), and at that point most groups would
+    have no signal. At least 2, so that a lone completion that fails (a batch of 1, or 1 of 2 or 3) keeps the
+    fallback: one record cannot tell a broken processor from a bad record.
+    """
+    return failed >= 2 and 2 * failed > total
+
+
 class RewardManager:
     """Run ``processors`` on each batch and return the weighted mean of the rewards named in ``reward_weights``."""
 
@@ -112,11 +130,16 @@ class RewardManager:
         return seconds
 
     def apply_guarded(self, processor: Processor, records: list[Record]) -> None:
-        """Run ``processor`` on the batch without letting an exception end the run.
+        """Run ``processor`` on the batch without letting a few bad records end the run.
 
         Processors should not raise on a bad record, but one that does (a bug, an input nobody foresaw) would
         otherwise stop hours of training. The batch is then re-run record by record, so only the records that
         still fail lose that processor's rewards (counted as 0), each with the exception logged in ``errors``.
+
+        If the processor still fails on most records (``is_broken``), the cause is the processor or its device
+        (out of GPU memory, a CUDA error, a missing file), not the records, and it would fail the same way every
+        step: every completion would get the same fallback reward, GRPO's advantages would all be 0, and the
+        run would optimise only the KL term while looking healthy. That raises ``ProcessorFailed`` instead.
         """
         try:
             processor(records)
@@ -125,11 +148,23 @@ class RewardManager:
             name = type(processor).__name__
             print(f"[reward step {self.global_reward_step}] {name} raised {type(error).__name__}: {error}; "
                   "re-running it record by record", flush=True)
+        failures: list[Exception] = []
         for record in records:
             try:
                 processor([record])
             except Exception as error:
                 add_error(record, f"{name}: {type(error).__name__}: {error}")
+                failures.append(error)
+        if is_broken(len(failures), len(records)):
+            first = failures[0]
+            raise ProcessorFailed(
+                f"{name} failed on {len(failures)} of {len(records)} records of reward step "
+                f"{self.global_reward_step} (first: {type(first).__name__}: {first}). A processor failing on most "
+                "records is broken, not fed bad records, and every completion would get the same fallback reward "
+                "(zero advantages: the run would only optimise the KL term), so the run stops here. Fix the cause "
+                "(out of GPU memory: a smaller AUDIOBOX_BATCH_SIZE) and continue from the last checkpoint with "
+                "python smart.py --RESUME=<run dir>"
+            ) from first
 
     def total_reward(self, record: Record) -> float:
         """Weighted mean of the record's normalised rewards; a missing or non-finite reward counts as 0, logged."""

@@ -81,6 +81,11 @@ def soundfont_source(path: str) -> dict[str, Any]:
             "original_smart_file": is_original(file)}
 
 
+def dtype_name(dtype: Any) -> str | None:
+    """``torch.bfloat16`` -> ``"bfloat16"``; None stays None (no reference model when BETA is 0)."""
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def device_info(device: Any) -> dict[str, Any]:
     """The training device, and for a GPU its name, compute capability and the CUDA torch was built for."""
     import torch
@@ -95,14 +100,16 @@ def device_info(device: Any) -> dict[str, Any]:
 
 def build_record(
     *, soundfont_path: str, base_model: str, audiobox_checkpoint: str | None, uses_audiobox: bool,
-    audiobox_hub_id: str, device: Any, policy_dtype: str, mixed_precision: str, num_processes: int,
+    audiobox_hub_id: str, device: Any, policy_dtype: Any, reference_dtype: Any, mixed_precision: str,
+    num_processes: int,
 ) -> dict[str, Any]:
-    """Everything a run used that its constants alone do not pin down."""
+    """Everything a run used that its constants alone do not pin down (dtypes as torch dtypes or names)."""
     return {
         "soundfont": soundfont_source(soundfont_path),
         "base_model": model_source(base_model),
         "audiobox": audiobox_source(audiobox_checkpoint, audiobox_hub_id) if uses_audiobox else None,
-        "compute": {**device_info(device), "policy_dtype": policy_dtype, "mixed_precision": mixed_precision,
+        "compute": {**device_info(device), "policy_dtype": dtype_name(policy_dtype),
+                    "reference_dtype": dtype_name(reference_dtype), "mixed_precision": mixed_precision,
                     "processes": num_processes},
         "versions": package_versions(),
     }

@@ -41,7 +41,8 @@ NUM_ITERATIONS = 1  # policy updates per generated batch (1: pi_old = pi_theta)
 SCALE_REWARDS = True  # divide advantages by the group's reward std
 LOSS_TYPE = "bnpo"  # TRL 0.16's token-mean over the batch; "grpo" is the paper's written per-sequence mean
 GRADIENT_ACCUMULATION_STEPS = 1  # micro-batches per optimizer step
-USE_BF16 = True  # bf16 mixed precision on a GPU (ignored on CPU, where TRL refuses it)
+USE_BF16 = True  # bf16 mixed precision on a GPU with native bf16 (compute capability >= 8.0); fp32 elsewhere
+FP32_WEIGHTS = False  # load policy and reference weights in fp32; False = the hub config's dtype, as the original
 MAX_COMPLETION_LENGTH = 256  # tokens generated after the prompt
 CPU_THREADS: int | None = None  # torch threads when training on a CPU; None = torch's default (all cores)
 # --- reward ---------------------------------------------------------------------------------------------------
@@ -51,7 +52,8 @@ SOUNDFONT = "musescore"  # soundfont name (see soundfonts/README.md) or path to 
 SAMPLE_RATE = 48000  # render sample rate (Hz)
 MAX_BEATS = 100  # crop decoded MIDI to this many beats
 MAX_AUDIO_DURATION = 10  # seconds of audio rendered and scored (Audiobox's receptive field)
-RENDER_WORKERS: int | None = None  # render processes; None = the CPU cores available (per local rank), 1 = in-process
+AUDIOBOX_BATCH_SIZE: int | None = None  # clips per Audiobox forward; None = what half the free GPU memory holds
+RENDER_WORKERS: int | None = None  # render processes; None = CPU cores (quota-aware, per local rank, <= BATCH_SIZE)
 # --- output ---------------------------------------------------------------------------------------------------
 OUTPUT_DIR: str | None = None  # run directory; None = a new, timestamped folder under artefacts/runs/
 SAVE_STEPS = 20  # checkpoint every this many steps
@@ -90,11 +92,17 @@ if __name__ == "__main__":
             sys.exit(f"smart.py: {error}")
     # Checked before transformers and TRL load, so a bad config costs ~2 s of imports, not ~6 (CPU time).
     # accelerate launch and torchrun set WORLD_SIZE.
-    from preflight import check_config
+    from preflight import check_config, gpu_problems
 
     problems = check_config(config, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     if problems:
         sys.exit("smart.py: the config cannot run:\n- " + "\n- ".join(problems))
+    from devices import one_gpu_unless_launched
+
+    one_gpu_note = one_gpu_unless_launched()  # before anything starts CUDA
+    problems = gpu_problems()
+    if problems:
+        sys.exit("smart.py: this machine cannot train on its GPU:\n- " + "\n- ".join(problems))
 
 import random  # noqa: E402  (heavy imports come after the config is known to be valid)
 import shutil  # noqa: E402
@@ -109,12 +117,12 @@ from datasets import Dataset  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
+from devices import bf16_native, compute_device, policy_init_kwargs  # noqa: E402
 from evaluate import evaluate_run, read_run_logs, read_trainer_log  # noqa: E402
-from preflight import AUDIOBOX_HUB_ID  # noqa: E402
 from midi_tokenizer import load_tokenizers  # noqa: E402
 from processors import (  # noqa: E402
-    AudioBoxAesRewardProcessor, MidiTokToSymusicProcessor, REWARD_PROCESSORS, TinySoundfontSynthProcessor,
-    reward_processors_for,
+    AUDIOBOX_HUB_ID, AudioBoxAesRewardProcessor, MidiTokToSymusicProcessor, REWARD_PROCESSORS,
+    TinySoundfontSynthProcessor, reward_processors_for,
 )
 from prompts import build_prompts  # noqa: E402
 from render_pool import default_render_workers  # noqa: E402
@@ -127,7 +135,13 @@ STEP_FOLDERS = ("rl_logs", "midi", "audio")
 
 
 class StopOnSignal(TrainerCallback):
-    """On Ctrl-C / SIGTERM, finish the current step, save a checkpoint and stop, so the run can be resumed."""
+    """On Ctrl-C / SIGTERM, finish the current step, save a checkpoint and stop, so the run can be resumed.
+
+    With several processes every rank must stop after the same step: one that went on would wait in TRL's next
+    gather for ranks that have left, until the collective timeout, and no checkpoint would be written. Ranks can
+    see a signal at different steps (it reached one rank only, or arrived at a step's end), so after each step
+    they agree: any rank's request stops them all (``any_rank``).
+    """
 
     def __init__(self) -> None:
         self.requested = False
@@ -139,10 +153,33 @@ class StopOnSignal(TrainerCallback):
         self.requested = True
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
+        if any_rank(self.requested, None if args is None else args.device):
+            if not self.requested:
+                print("\n[smart] another process was asked to stop: saving a checkpoint after this step, then stopping")
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+def any_rank(flag: bool, device: torch.device | None) -> bool:
+    """``flag`` or'ed over all ranks (a MAX all-reduce on ``device``, which NCCL needs to be the rank's GPU);
+    ``flag`` itself when there is one process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    if torch.distributed.get_world_size() == 1:
+        return flag
+    agreed = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+    return bool(agreed.item())
+
+
+def warn_about_weights_dtype(dtype: torch.dtype, bf16: bool) -> None:
+    """Warn when bf16 mixed precision would train weights that are not fp32 (no fp32 master copy: small updates
+    are lost). The dtype itself is in run_record.json."""
+    if bf16 and dtype != torch.float32:
+        print(f"[smart] warning: the policy's weights are {str(dtype).removeprefix('torch.')} (the model config's "
+              "dtype), so bf16 training updates them without an fp32 master copy and small updates are lost; "
+              "--FP32_WEIGHTS=True loads them in fp32")
 
 
 def new_run_dir(config: dict) -> Path:
@@ -198,11 +235,17 @@ if __name__ == "__main__":
     # Without cpu=True a CPU-only launch of several processes (torchrun, accelerate launch) is not seen as
     # distributed: every rank would think it is alone, name its own run dir and write the same files.
     state = PartialState(cpu=not on_gpu)
+    device = compute_device()  # this rank's GPU by index (PartialState made it current), or the CPU
     checkpoint, unfinished_checkpoints = last_complete_checkpoint(Path(RESUME)) if RESUME is not None else (None, [])
     if not on_gpu:
         print("[smart] no GPU found: training in fp32 on the CPU (TRL refuses bf16 there); USE_BF16 is ignored")
         if CPU_THREADS is not None:
             torch.set_num_threads(CPU_THREADS)
+    elif one_gpu_note:
+        print(f"[smart] {one_gpu_note}")
+    bf16, no_bf16_reason = bf16_native()
+    if on_gpu and USE_BF16 and not bf16:
+        print(f"[smart] USE_BF16 ignored: {no_bf16_reason}; emulated bf16 is slower than fp32, so training in fp32")
     random.seed(SEED)
     np.random.seed(SEED)
     torch.manual_seed(SEED)
@@ -238,9 +281,9 @@ if __name__ == "__main__":
             MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=MAX_BEATS),
             TinySoundfontSynthProcessor(
                 soundfont_path, SAMPLE_RATE, MAX_AUDIO_DURATION,
-                num_workers=default_render_workers() if RENDER_WORKERS is None else RENDER_WORKERS,
+                num_workers=default_render_workers(BATCH_SIZE) if RENDER_WORKERS is None else RENDER_WORKERS,
             ),
-            *reward_processors_for(REWARD_WEIGHTS, AUDIOBOX_CHECKPOINT),
+            *reward_processors_for(REWARD_WEIGHTS, AUDIOBOX_CHECKPOINT, AUDIOBOX_BATCH_SIZE, device),
         ],
         reward_weights=REWARD_WEIGHTS,
         output_dir=run_dir,
@@ -271,10 +314,10 @@ if __name__ == "__main__":
         top_p=TOP_P,
         max_completion_length=MAX_COMPLETION_LENGTH,
         gradient_checkpointing=False,
-        bf16=USE_BF16 and on_gpu,
+        bf16=USE_BF16 and bf16,
         use_cpu=not on_gpu,
         trust_remote_code=TRUST_REMOTE_CODE,
-        model_init_kwargs={"dtype": "auto" if on_gpu else "float32", "trust_remote_code": TRUST_REMOTE_CODE},
+        model_init_kwargs=policy_init_kwargs(device, state.num_processes > 1, FP32_WEIGHTS, TRUST_REMOTE_CODE),
         logging_steps=1,
         save_steps=SAVE_STEPS,
         report_to=REPORT_TO,
@@ -291,16 +334,18 @@ if __name__ == "__main__":
     )
 
     # --- what this run really used: printed, and saved beside smart_config.json ----------------------------------
+    reference = getattr(trainer, "ref_model", None)
     record = build_record(
         soundfont_path=soundfont_path, base_model=BASE_MODEL_PATH, audiobox_checkpoint=AUDIOBOX_CHECKPOINT,
         uses_audiobox=any(REWARD_PROCESSORS[name] is AudioBoxAesRewardProcessor for name in REWARD_WEIGHTS),
-        audiobox_hub_id=AUDIOBOX_HUB_ID, device=trainer.accelerator.device,
-        policy_dtype=str(next(trainer.model.parameters()).dtype).removeprefix("torch."),
+        audiobox_hub_id=AUDIOBOX_HUB_ID, device=trainer.accelerator.device, policy_dtype=trainer.model.dtype,
+        reference_dtype=None if reference is None else reference.dtype,
         mixed_precision="bf16" if training_args.bf16 else "no", num_processes=state.num_processes,
     )
     if state.is_main_process:
         print(describe(record))
         write_record(run_dir, record, resumed=checkpoint is not None)
+        warn_about_weights_dtype(trainer.model.dtype, training_args.bf16)
     try:
         trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     finally:

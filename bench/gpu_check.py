@@ -196,7 +196,7 @@ def reward_stage_comparison(
     del reference
 
     decoder = MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=config["MAX_BEATS"])
-    workers = config["RENDER_WORKERS"] or default_render_workers()
+    workers = config["RENDER_WORKERS"] or default_render_workers(len(records))
     synth = TinySoundfontSynthProcessor(soundfont_path, rate, seconds, num_workers=workers)
     scorer = AudioBoxAesRewardProcessor(None)
     scorer.batched_scores([np.zeros((2, rate), np.float32)] * 2, rate)  # warm-up outside the timing

@@ -22,7 +22,8 @@ PAPER_DEFAULTS = dict(
     BATCH_SIZE=64, SAVE_STEPS=20, PROMPT_SOURCE="procedural", SAMPLE_RATE=48000, SOUNDFONT="musescore",
     REWARD_WEIGHTS={"CE": 1.0}, MAX_COMPLETION_LENGTH=256, MAX_BEATS=100, MAX_AUDIO_DURATION=10,
     AUDIO_SAVE_INTERVAL=10, BASE_MODEL_PATH="lucacasini/metamidipianophi3_4L", LOSS_TYPE="bnpo", TOP_K=50,
-    TOP_P=1.0, REPORT_TO="none", TRUST_REMOTE_CODE=False, AUDIOBOX_CHECKPOINT=None,
+    TOP_P=1.0, REPORT_TO="none", TRUST_REMOTE_CODE=False, AUDIOBOX_CHECKPOINT=None, FP32_WEIGHTS=False,
+    AUDIOBOX_BATCH_SIZE=None,
 )
 
 
@@ -120,6 +121,8 @@ def test_two_grpo_steps_through_the_whole_chain(tmp_path, tiny_policy, audiobox_
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no GPU found" in result.stdout
 
+    compute = json.loads((run_dir / "run_record.json").read_text())["compute"]
+    assert compute["policy_dtype"] == "float32" and compute["reference_dtype"] == "float32"
     saved = json.loads((run_dir / "smart_config.json").read_text())["config"]
     assert saved["NUM_TRAIN_STEPS"] == 2 and saved["AUDIOBOX_CHECKPOINT"] == str(audiobox_checkpoint)
     for step in (0, 1):
