@@ -47,7 +47,7 @@ def analyse_command(args: argparse.Namespace) -> None:
     analyse(args.study, reference=args.reference, permutations=args.permutations)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -82,8 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     analyse.add_argument("--permutations", type=int, default=20_000,
                          help="random sign flips when there are too many participants to enumerate them all")
     analyse.set_defaults(func=analyse_command)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except KeyboardInterrupt:

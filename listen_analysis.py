@@ -1,17 +1,24 @@
 """Analysis of a listening study's ratings (listen.py analyse): does the tuned system sound better to people?
 
 The test for "other - reference" respects the design: answers are paired by prompt (every system answers the same
-prompts) and nested in participants (one person's ratings share their use of the scale). For each participant, the
-differences other - reference are taken prompt by prompt over the prompts they rated for both systems, and
-averaged: one number per participant. Under the null hypothesis that the system label does not change a
-participant's ratings, each participant's mean difference is as likely to be negative as positive, so the test
-flips their signs (all 2^P sign patterns when P <= EXACT_MAX_PARTICIPANTS, else random flips): a sign-flip
-permutation test over participants, with the participant as the unit of replication. It needs no normality
-(ratings are on a bounded 1-10 scale), it is exact for the paper's 14 listeners, and unlike a test over all
-ratings it does not treat one person's 15 answers as 15 independent people. A mixed model (rating ~ system +
-(1|participant) + (1|prompt)) would use the same structure with more assumptions and a heavier dependency. The
-95% interval is a participant-cluster bootstrap of the same mean. Repeated clips (the consistency check) are left
-out of the comparison and the agreement; only a clip's first playing counts there.
+prompts with the same seeds) and nested in participants (one person's ratings share their use of the scale), and
+the pieces are a sample too. Each paired difference d[p, i] = rating(other, prompt i) - rating(reference, prompt i)
+by participant p fills a participants x prompts matrix; the estimate is the mean over participants of each
+participant's mean difference. Two sign-flip permutation tests ask whether it could be chance:
+
+- over participants: each participant's mean difference flips sign (all 2^P patterns when P <=
+  EXACT_MAX_PARTICIPANTS, else random flips). This treats the participant as the unit of replication, so one
+  person's 15 answers do not count as 15 people, but it takes the clips as fixed: with 14 listeners it calls a
+  difference "significant" that is only due to which pieces happened to be sampled.
+- over prompts: each prompt's mean difference (over participants) flips sign. This generalises over pieces.
+
+The reported p is the larger of the two (Clark 1973's answer to the "language-as-fixed-effect fallacy": a
+difference must hold over listeners *and* over pieces; rejecting only when both tests reject keeps the error rate
+at most alpha). Sign flips need no normality (ratings are on a bounded 1-10 scale) and are exact at the paper's
+size. The 95% interval resamples participants and prompts independently (a two-way cluster bootstrap). A crossed
+mixed model (rating ~ system + (1|participant) + (1|prompt)) would use the same structure with more assumptions and
+a heavier dependency. Repeated clips (the consistency check) are left out of the comparison and the agreement;
+only a clip's first playing counts there.
 
 Writes ``<study>/analysis/``: summary.md, ratings.csv (every answer with its clip's system, prompt and scores),
 ratings.png.
@@ -44,18 +51,25 @@ BOOTSTRAP = 10_000
 
 @dataclass
 class Comparison:
-    """other - reference, from per-participant mean paired differences."""
+    """other - reference, from the participants x prompts matrix of paired differences."""
 
     other: str
     reference: str
     participants: int
+    prompts: int
     pairs: int
     mean_difference: float
     ci_low: float
     ci_high: float
-    p_value: float
+    p_participants: float
+    p_prompts: float
     exact: bool
     p_holm: float = math.nan
+
+    @property
+    def p_value(self) -> float:
+        """Significant only if it holds over listeners and over pieces: the larger of the two p-values."""
+        return max(self.p_participants, self.p_prompts)
 
 
 @dataclass
@@ -112,37 +126,49 @@ def sign_flip_p_value(differences: np.ndarray, permutations: int = 20_000, seed:
     return (extreme + 1) / (permutations + 1), False
 
 
-def bootstrap_interval(values: np.ndarray, resamples: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean, resampling participants (the clusters) with replacement."""
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2:
+def two_way_bootstrap(matrix: np.ndarray, resamples: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of the row means of a participants x prompts matrix (NaN = not rated),
+    resampling rows (participants) and columns (prompts) independently with replacement."""
+    if matrix.shape[0] < 2 or matrix.shape[1] < 2:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
+    valid = ~np.isnan(matrix)
+    values = np.where(valid, matrix, 0.0)
+    means = []
+    for chunk in np.array_split(np.arange(resamples), max(1, resamples // 1000)):
+        rows = rng.integers(0, matrix.shape[0], (len(chunk), matrix.shape[0]))[:, :, None]
+        columns = rng.integers(0, matrix.shape[1], (len(chunk), matrix.shape[1]))[:, None, :]
+        counts = valid[rows, columns].sum(axis=2)
+        row_means = values[rows, columns].sum(axis=2) / np.maximum(counts, 1)
+        rated = counts > 0
+        with np.errstate(invalid="ignore"):
+            means.append((row_means * rated).sum(axis=1) / rated.sum(axis=1))
+    low, high = np.nanpercentile(np.concatenate(means), [2.5, 97.5])
     return float(low), float(high)
 
 
-def participant_differences(first: pd.DataFrame, reference: str, other: str) -> tuple[pd.Series, int]:
-    """Per participant, the mean over prompts of rating(other) - rating(reference), using the prompts the participant
-    rated for both; and the number of such (participant, prompt) pairs."""
+def difference_matrix(first: pd.DataFrame, reference: str, other: str) -> pd.DataFrame:
+    """participants x prompts: rating(other) - rating(reference), NaN where a participant did not rate both."""
     table = first[first.system.isin([reference, other])].pivot_table(
         index=["participant", "prompt_index"], columns="system", values="rating", aggfunc="mean")
     if reference not in table or other not in table:
-        return pd.Series(dtype=float), 0
-    paired = (table[other] - table[reference]).dropna()
-    return paired.groupby(level="participant").mean(), len(paired)
+        return pd.DataFrame()
+    return (table[other] - table[reference]).unstack("prompt_index")
 
 
 def compare(first: pd.DataFrame, reference: str, others: Sequence[str], permutations: int) -> list[Comparison]:
     comparisons = []
     for other in others:
-        per_participant, pairs = participant_differences(first, reference, other)
-        p, exact = sign_flip_p_value(per_participant.to_numpy(), permutations)
-        low, high = bootstrap_interval(per_participant.to_numpy())
-        comparisons.append(Comparison(other, reference, len(per_participant), pairs,
-                                      float(per_participant.mean()) if len(per_participant) else math.nan,
-                                      low, high, p, exact))
+        matrix = difference_matrix(first, reference, other)
+        by_participant = matrix.mean(axis=1).dropna().to_numpy()
+        by_prompt = matrix.mean(axis=0).dropna().to_numpy()
+        p_participants, exact_participants = sign_flip_p_value(by_participant, permutations)
+        p_prompts, exact_prompts = sign_flip_p_value(by_prompt, permutations)
+        low, high = two_way_bootstrap(matrix.to_numpy(dtype=float))
+        comparisons.append(Comparison(
+            other, reference, len(by_participant), len(by_prompt), int(matrix.notna().to_numpy().sum()),
+            float(by_participant.mean()) if len(by_participant) else math.nan, low, high,
+            p_participants, p_prompts, exact_participants and exact_prompts))
     for comparison, adjusted in zip(comparisons, holm([c.p_value for c in comparisons])):
         comparison.p_holm = adjusted
     return comparisons
@@ -232,7 +258,7 @@ def plot(ratings: pd.DataFrame, analysis: Analysis, path: Path) -> None:
         left.plot(x, row.to_numpy(), color="0.75", linewidth=0.8, marker=".", zorder=1)
     left.errorbar(x, analysis.systems["mean"], yerr=analysis.systems["se"], fmt="o", color="C0", capsize=6,
                   markersize=8, zorder=2, label="mean ± SE (participants)")
-    left.set(xticks=x, xticklabels=order, ylim=(0.5, 10.5), ylabel="rating (1-10)",
+    left.set(xticks=x, xticklabels=order, xlim=(-0.4, len(order) - 0.6), ylim=(0.5, 10.5), ylabel="rating (1-10)",
              title="How much do you enjoy this piece?")
     left.legend(loc="lower right", fontsize=8)
     scores = analysis.agreement.dropna(subset=["rho"])
@@ -267,16 +293,20 @@ def summary_markdown(analysis: Analysis, study: Path) -> str:
                               [[r.system, f"{fmt(r.mean)} ± {fmt(r.se)}", str(r.ratings), str(r.participants)]
                                for r in s.itertuples()])), ""]
     lines += ["## Differences against the reference", "",
-              "Per participant, the mean over prompts of rating(system) - rating(reference) (pairs: prompts rated "
-              "for both); averaged over participants. p: two-sided sign-flip permutation test over participants "
-              "(exact when every sign pattern is enumerated), Holm-adjusted over the comparisons; 95% CI: "
-              "participant-cluster bootstrap. Why this test: answers are paired by prompt and nested in "
-              "participants, so the participant is the unit that is resampled (see listen_analysis.py).", ""]
+              "Paired differences rating(system) - rating(reference) for the same prompt and participant (pairs); "
+              "the estimate is the mean over participants of each one's mean difference. Two-sided sign-flip "
+              "permutation tests: over participants (their mean differences) and over prompts (theirs); p is the "
+              "larger, so a difference must hold over listeners and over pieces (exact: every sign pattern "
+              "enumerated), Holm-adjusted over the comparisons. 95% CI: bootstrap resampling participants and "
+              "prompts. Why: answers are paired by prompt and nested in participants, and the pieces are a sample "
+              "too; a test over participants alone takes the clips as fixed (see listen_analysis.py).", ""]
     if analysis.comparisons:
         lines += [markdown_table((
-            ["comparison", "mean difference", "95% CI", "participants", "pairs", "p", "p (Holm)"],
+            ["comparison", "mean difference", "95% CI", "participants", "prompts", "pairs", "p (participants)",
+             "p (prompts)", "p", "p (Holm)"],
             [[f"{c.other} - {c.reference}", fmt(c.mean_difference), f"[{fmt(c.ci_low)}, {fmt(c.ci_high)}]",
-              str(c.participants), str(c.pairs), fmt(c.p_value) + (" (exact)" if c.exact else ""), fmt(c.p_holm)]
+              str(c.participants), str(c.prompts), str(c.pairs), fmt(c.p_participants), fmt(c.p_prompts),
+              fmt(c.p_value) + (" (exact)" if c.exact else ""), fmt(c.p_holm)]
              for c in analysis.comparisons])), ""]
     else:
         lines += ["Only one system: nothing to compare.", ""]
@@ -320,6 +350,7 @@ def analyse(study_dir: str | Path, reference: str | None = None, permutations: i
     (out / "summary.md").write_text(summary_markdown(analysis, study))
     for c in analysis.comparisons:
         print(f"[listen] {c.other} - {c.reference}: {c.mean_difference:+.2f} points "
-              f"(95% CI {c.ci_low:+.2f} to {c.ci_high:+.2f}; p = {c.p_value:.3g}, {c.participants} participants)")
+              f"(95% CI {c.ci_low:+.2f} to {c.ci_high:+.2f}; p = {c.p_value:.3g} over {c.participants} participants "
+              f"and {c.prompts} prompts)")
     print(f"[listen] summary: {out / 'summary.md'}")
     return analysis

@@ -83,9 +83,10 @@ def trial_order(clip_ids: list[str], repeats: int, rng: random.Random) -> list[t
     """Every clip once in a random order, then ``repeats`` of them again, each inserted at least two places after
     its first playing (so a listener does not hear it twice in a row and the repeat is not obvious)."""
     order = [(clip, False) for clip in rng.sample(clip_ids, len(clip_ids))]
-    for clip in rng.sample(clip_ids, min(repeats, len(clip_ids))):
+    candidates = [clip for clip, _ in order[:-1]]  # the last clip has no room for a gap after it
+    for clip in rng.sample(candidates, min(repeats, len(candidates))):
         first = order.index((clip, False))
-        order.insert(rng.randint(min(first + 2, len(order)), len(order)), (clip, True))
+        order.insert(rng.randint(first + 2, len(order)), (clip, True))
     return order
 
 
@@ -237,7 +238,7 @@ def create_app(study_dir: str | Path, repeats: int = 2) -> Flask:
     app = Flask(__name__, template_folder=str(WEB / "templates"), static_folder=str(WEB / "static"))
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, MAX_FORM_MEMORY_SIZE=MAX_BODY_BYTES)
     app.extensions["listen_store"] = store
-    trials_per_participant = len(clips) + min(repeats, len(clips))
+    trials_per_participant = len(trial_order(sorted(clips), repeats, rng))
     minutes = max(1, round(sum(clip_seconds.values()) * trials_per_participant / len(clips) * 1.5 / 60))
 
     def participant_trials(participant: str) -> list[Trial]:
@@ -272,7 +273,7 @@ def create_app(study_dir: str | Path, repeats: int = 2) -> Flask:
         if PARTICIPANT_ID.fullmatch(participant) and store.trials(participant) is not None:
             return redirect(url_for("trial", participant=participant), 303)
         return render_template("welcome.html", trials=trials_per_participant, minutes=minutes,
-                               repeats=min(repeats, len(clips)), question=QUESTION)
+                               repeats=trials_per_participant - len(clips), question=QUESTION)
 
     @app.post("/start")
     def start() -> Any:
