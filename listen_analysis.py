@@ -349,6 +349,9 @@ def analyse(study_dir: str | Path, reference: str | None = None, permutations: i
     plot(ratings, analysis, out / "ratings.png")
     (out / "summary.md").write_text(summary_markdown(analysis, study))
     for c in analysis.comparisons:
+        if not c.pairs:
+            print(f"[listen] {c.other} - {c.reference}: no participant has rated both for a prompt yet")
+            continue
         print(f"[listen] {c.other} - {c.reference}: {c.mean_difference:+.2f} points "
               f"(95% CI {c.ci_low:+.2f} to {c.ci_high:+.2f}; p = {c.p_value:.3g} over {c.participants} participants "
               f"and {c.prompts} prompts)")

@@ -24,6 +24,7 @@ import os
 import random
 import re
 import secrets
+import signal
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -175,7 +176,8 @@ class ResponseStore:
             if position > done:
                 raise AnswerRejected(409, f"answer trial {done} first")
             try:
-                db.execute("INSERT INTO answers VALUES (?, ?, ?, ?, ?)", (participant, position, clip_id, rating, now()))
+                db.execute("INSERT INTO answers VALUES (?, ?, ?, ?, ?)",
+                           (participant, position, clip_id, rating, now()))
             except sqlite3.IntegrityError as error:  # the constraints as a last line of defence
                 raise AnswerRejected(409, f"not stored: {error}") from error
             total = db.execute("SELECT COUNT(*) FROM trials WHERE participant_id = ?", (participant,)).fetchone()[0]
@@ -386,6 +388,10 @@ class StudyServer:
         self.thread.join(timeout=10)
 
 
+def stop_on_signal(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(study_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, repeats: int = 2, threads: int = 8) -> None:
     """Run the study page until Ctrl-C (every answer is already committed when it is acknowledged)."""
     study = Path(study_dir)
@@ -396,6 +402,7 @@ def serve(study_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, repe
     print(f"[listen] responses:  {study / DATABASE}")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"[listen] bound to {host}: reachable from other machines; the admin token is the only lock")
+    signal.signal(signal.SIGTERM, stop_on_signal)  # `kill` stops it like Ctrl-C
     try:
         waitress.serve(app, host=host, port=port, threads=threads, ident="listen")
     except KeyboardInterrupt:

@@ -39,9 +39,13 @@ from transformers import AutoModelForCausalLM
 
 import features
 from evaluate import RUN_CONFIG_FILES, audio_scores, is_model, load_audiobox, named_reward_processors
-from generate import GenerationSettings, default_device, read_samples_csv, resolve_model_dir, sample_completions, write_wav
+from generate import (
+    GenerationSettings, default_device, read_samples_csv, resolve_model_dir, sample_completions, write_wav,
+)
 from midi_tokenizer import load_tokenizers
-from processors import AES_AXES, REWARD_PROCESSORS, MidiTokToSymusicProcessor, TinySoundfontSynthProcessor, score_seconds
+from processors import (
+    AES_AXES, REWARD_PROCESSORS, MidiTokToSymusicProcessor, TinySoundfontSynthProcessor, crop_score, score_seconds,
+)
 from prompts import build_prompts, list_midi_files
 from soundfonts import SoundfontNotFound, resolve_soundfont
 
@@ -158,7 +162,7 @@ def folder_pieces(name: str, folder: Path, prompts: list[str], max_beats: int | 
     for index, path in enumerate(files[: len(prompts)]):
         score = symusic.Score(str(path))
         if max_beats is not None:
-            score = score.clip(0, max_beats * score.ticks_per_quarter, clip_end=True)
+            score = crop_score(score, max_beats)
         prompt = own_prompts.get(str(path.relative_to(folder)), prompts[index])
         pieces.append(Piece(name, index, prompt, None, 1, 0, passes_rule(score), score, source=str(path)))
     return pieces
@@ -352,7 +356,8 @@ def build_study(
 
     report = BuildReport(
         tries={name: count_tries([p for p in pieces if p.system == name]) for name in systems},
-        fell_back={name: [p.prompt_index for p in pieces if p.system == name and not p.passed_rule] for name in systems},
+        fell_back={name: [p.prompt_index for p in pieces if p.system == name and not p.passed_rule]
+                   for name in systems},
         target_lufs=target_lufs, effective_lufs=effective,
         unmeasurable=[c["id"] for c in clips if not math.isfinite(c["loudness_lufs_rendered"])],
         seconds=time.perf_counter() - started,
