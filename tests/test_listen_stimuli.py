@@ -134,3 +134,15 @@ def test_models_answer_the_same_prompts_with_the_same_seeds_and_retries_are_boun
         assert (out / base["midi"]).read_bytes() == (out / tuned["midi"]).read_bytes()
         assert 1 <= base["tries"] <= 2
         assert base["passed_rule"] or base["tries"] == 2  # a fallback only after every try
+
+
+def test_audiobox_axes_are_scored_when_a_checkpoint_is_given(audiobox_checkpoint, tmp_path: Path):
+    a = write_pieces(tmp_path / "a", [4], velocity=50)
+    b = write_pieces(tmp_path / "b", [4], velocity=100, voices=3)
+    build_study({"a": str(a), "b": str(b)}, tmp_path / "study", generation=replace(STUDY_GENERATION, n=1),
+                soundfont="timgm6mb", audiobox=str(audiobox_checkpoint))
+    manifest = json.loads((tmp_path / "study" / MANIFEST).read_text())
+    assert manifest["scores"]["audiobox_skipped"] is None
+    for clip in manifest["clips"]:
+        assert {"CE", "CU", "PC", "PQ"} <= set(clip["scores"])
+        assert all(math.isfinite(clip["scores"][axis]) for axis in ("CE", "CU", "PC", "PQ"))
