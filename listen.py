@@ -9,8 +9,8 @@ evaluate.py) answers the same prompts with the same seeds, re-sampled until a pi
 (bounded, reported), rendered for 10 s at 48 kHz, loudness-matched, saved under random names with a manifest.
 serve (listen_server.py): consent, then every clip in a per-participant random order, rated 1-10 ("How much do
 you enjoy this piece?") once it has played to the end; answers go to study/responses.sqlite one transaction each.
-analyse (listen_analysis.py): per-system means, tuned - base with a participant-level sign-flip test, consistency
-on repeated clips, Spearman agreement with Audiobox and the rewards, a figure and summary.md.
+analyse (listen_analysis.py): per-system means, tuned - base with sign-flip tests over participants and over
+prompts, consistency on repeated clips, Spearman agreement with Audiobox and the rewards, a figure and summary.md.
 """
 
 from __future__ import annotations

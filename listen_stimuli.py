@@ -199,7 +199,7 @@ def choose_soundfont(requested: str | None, systems: Mapping[str, str]) -> tuple
     MuseScore General, else the always-installed TimGM6mb (said loudly: it is a small GM font)."""
     if requested is not None:
         return requested, resolve_soundfont(requested), "given with --soundfont"
-    for name, source in systems.items():
+    for source in systems.values():
         config = run_config_of(source)
         if config and config.get("SOUNDFONT"):
             return config["SOUNDFONT"], resolve_soundfont(config["SOUNDFONT"]), f"the SOUNDFONT of run {source}"
@@ -292,8 +292,10 @@ def build_study(
     device: str | None = None,
 ) -> BuildReport:
     """Write a study folder (see the module docstring) for ``systems`` (name -> model, checkpoint, run or MIDI
-    folder); every system answers ``generation.n`` prompts. Refuses a folder that already holds a study, so that a
-    collected study's clips are never replaced under its responses."""
+    folder); every system answers ``generation.n`` prompts. The study is written to ``<out>.partial`` and renamed
+    when complete, so Ctrl-C never leaves a half-built study; a non-empty ``out`` is refused, so that a collected
+    study's clips are never replaced under its responses. The rendered clips stay in memory until every loudness
+    is known (3.8 MB per 10 s clip: 115 MB for the paper's 30)."""
     final = Path(out_dir)
     if final.exists() and any(final.iterdir()):
         raise FileExistsError(f"{final} exists and is not empty: choose a new --out (a study's clips are never "
