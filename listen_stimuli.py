@@ -309,6 +309,9 @@ def build_study(
     device = device or default_device()
     sf_name, sf_path, sf_why = choose_soundfont(soundfont, systems)
     print(f"[listen] soundfont {sf_name} ({sf_path}): {sf_why}")
+    aes, why_not = load_audiobox(audiobox)  # before sampling: a bad checkpoint fails fast
+    if audiobox is not None and aes is None:
+        raise ValueError(f"--audiobox {audiobox}: {why_not}; fix the path or leave --audiobox out")
     prompts = study_prompts(systems, generation)
 
     pieces: list[Piece] = []
@@ -318,7 +321,6 @@ def build_study(
         else:
             pieces += folder_pieces(name, Path(source), prompts, generation.max_beats)
 
-    aes, why_not = load_audiobox(audiobox)
     scorers = ([aes] if aes else []) + named_reward_processors(WEIGHT_FREE_REWARDS)
     synth = TinySoundfontSynthProcessor(sf_path, SAMPLE_RATE, CLIP_SECONDS)
     audio: dict[int, np.ndarray] = {}

@@ -146,3 +146,6 @@ def test_audiobox_axes_are_scored_when_a_checkpoint_is_given(audiobox_checkpoint
     for clip in manifest["clips"]:
         assert {"CE", "CU", "PC", "PQ"} <= set(clip["scores"])
         assert all(math.isfinite(clip["scores"][axis]) for axis in ("CE", "CU", "PC", "PQ"))
+    with pytest.raises(ValueError, match="does not exist"):
+        build_study({"a": str(a), "b": str(b)}, tmp_path / "other", generation=replace(STUDY_GENERATION, n=1),
+                    soundfont="timgm6mb", audiobox=str(tmp_path / "missing.pt"))
