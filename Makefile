@@ -1,5 +1,5 @@
 # Two commands take a fresh machine from nothing to a result:
-#   make test    set up .venv and run the test suite
+#   make test    set up .venv, install Chromium for the study page's browser test (Debian), run the test suite
 #   make local   set up .venv and run the offline SMART preset (python smart.py config/local.py)
 # On a GPU box:
 #   make setup CUDA=cu126   torch's build for another CUDA version (README: Running on a GPU box)
@@ -13,7 +13,10 @@ CUDA ?=
 TORCH_INDEX ?= https://download.pytorch.org/whl/$(CUDA)
 TORCH_PINS := $(shell grep -E '^torch(audio)?==' requirements.txt | cut -d' ' -f1)
 
-.PHONY: setup test local gpu-check
+# The browser test of listen.py's study page drives Debian's chromium through chromedriver (root or sudo).
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: setup browser test local gpu-check
 
 setup: $(VENV)/.installed
 
@@ -25,8 +28,14 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	touch $@
 
-test: setup
-	$(PY) -m pytest -q tests
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+test: setup browser
+	LISTEN_REQUIRE_BROWSER=1 $(PY) -m pytest -q tests
 
 local: setup
 	$(PY) smart.py config/local.py
