@@ -38,7 +38,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
 import features
-from evaluate import RUN_CONFIG_FILES, audio_scores, is_model, load_audiobox, named_reward_processors
+from evaluation import RUN_CONFIG_FILES, audio_scores, is_model, load_audiobox, named_reward_processors
 from generate import (
     GenerationSettings, default_device, read_samples_csv, resolve_model_dir, sample_completions, write_wav,
 )
