@@ -1,4 +1,4 @@
-"""Reward processors: each takes the batch's records (dicts) and returns them with fields added.
+"""Reward processors: each takes the batch's records (``Record``: typed dicts) and returns them with fields added.
 
 The chain SMART runs per reward step is decode -> render -> score:
 
@@ -9,7 +9,8 @@ The chain SMART runs per reward step is decode -> render -> score:
 A reward is any processor that writes ``record["normalized_rewards"][NAME]`` (a number in [0, 1]);
 ``RewardManager`` combines them with ``REWARD_WEIGHTS``. Processors never raise on a bad record: a record
 they cannot handle gets a neutral value and a reason appended to ``record["errors"]``, which the manager
-logs, so one garbage completion cannot end a long run.
+logs, so one garbage completion cannot end a long run. ``reward_processors_for`` builds the reward processors
+of a run from ``REWARD_PROCESSORS`` and the run's ``RewardSettings``.
 
 Class names and constructor arguments are the original erl-j/SMART ones, so its README example still works.
 """

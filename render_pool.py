@@ -121,8 +121,8 @@ def default_render_workers(batch_size: int | None = None, cgroup_root: Path = CG
 # A fork server loads the soundfont once and forks every worker from itself, so all workers share its soundfont
 # memory copy-on-write: TinySoundFont decompresses an SF3 at load (MuseScore General: 0.5-1.8 GB per process),
 # and 16 workers loading their own copies would hold 16 of them. The server is a plain ``python render_pool.py
-# --fork-server`` process (fork + exec, single-threaded: it imports numpy and tinysoundfont only), and it never
-# renders, so every worker starts from the same fresh synth.
+# --fork-server FD SETTINGS`` process (fork + exec, single-threaded: it imports numpy and tinysoundfont only; the
+# RenderSettings come as JSON), and it never renders, so every worker starts from the same fresh synth.
 #
 # Parent -> server (a Unix stream socket): one byte b"F" per worker wanted, carrying the worker's three file
 # descriptors (SCM_RIGHTS); closing the socket stops the server. Server -> parent: b"R" once the soundfont is
