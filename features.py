@@ -24,6 +24,7 @@ import numpy as np
 import symusic
 from symusic.core import ScoreTick
 
+AES_AXES = ("CE", "CU", "PC", "PQ")  # the paper's audio-domain measurements: Audiobox Aesthetics' four axes
 PAPER_TPQ = 12  # the paper resampled to 12 ticks per beat for its piano rolls (plot_piano_rolls.py)
 PAPER_BEATS = 16  # ...and drew the first 16 beats
 N_PITCHES = 128
@@ -200,9 +201,16 @@ def velocity_range(score: symusic.Score) -> float:
     return float(velocities.max() - velocities.min()) if len(velocities) else math.nan
 
 
+def score_seconds(score: symusic.Score) -> float:
+    """The score's end in seconds (tempo map applied): its last event of any kind, 0 for a score without events.
+    How long the reward renders a score (``processors``)."""
+    return float(score.to(symusic.TimeUnit.second).end())
+
+
 def duration_seconds(score: symusic.Score) -> float:
-    """Length of the score in seconds (tempo map applied); 0 for an empty score."""
-    return float(score.to("second").end()) if score.note_num() else 0.0
+    """Length of the music in seconds: ``score_seconds``, but 0 without notes (a lone tempo or control event at
+    10 s is no music)."""
+    return score_seconds(score) if score.note_num() else 0.0
 
 
 FEATURES: dict[str, Callable[[symusic.Score], float]] = {
@@ -220,13 +228,12 @@ EXTRA_FEATURES: dict[str, Callable[[symusic.Score], float]] = {
     "polyphony": polyphony,
     "duration_seconds": duration_seconds,
 }
-"""Features the paper computed but did not plot; reported by evaluate.py next to ``FEATURES``."""
+"""Features the paper computed but did not plot; reported by evaluation.py next to ``FEATURES``."""
 
 
-def compute_features(score: symusic.Score, extra: bool = True) -> dict[str, float]:
-    """Every feature of one score, as a column-name -> value dict."""
-    chosen = {**FEATURES, **EXTRA_FEATURES} if extra else FEATURES
-    return {name: fn(score) for name, fn in chosen.items()}
+def compute_features(score: symusic.Score) -> dict[str, float]:
+    """Every feature of one score (``FEATURES`` and ``EXTRA_FEATURES``), as a column-name -> value dict."""
+    return {name: fn(score) for name, fn in {**FEATURES, **EXTRA_FEATURES}.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------

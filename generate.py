@@ -5,10 +5,10 @@
     python generate.py artefacts/runs/<run>/checkpoint-100 --prompt-source dataset --prompt-midi-dir data/test
 
 The prompts come from the project's prompt sources (prompts.py) and depend only on (source, n, seed), and sampling
-is seeded, so two models given the same arguments answer the same prompts: that is what evaluate.py compares.
+is seeded, so two models given the same arguments answer the same prompts: that is what evaluation.py compares.
 Completions are decoded exactly as the reward does during training (MidiTokToSymusicProcessor: cut at EOS,
 cropped to ``max_beats``). The output folder holds ``0000.mid, 0001.mid, ...``, optional ``0000.wav, ...`` and
-``samples.csv`` (sample, prompt, seed, model), which evaluate.py reads to know each file's prompt.
+``samples.csv`` (sample, prompt, seed, model), which evaluation.py reads to know each file's prompt.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-import soundfile
 import symusic
 import torch
 from tqdm import tqdm
@@ -33,6 +31,7 @@ from processors import (
     score_seconds,
 )
 from prompts import PROMPT_SOURCES, build_prompts
+from reward_manager import write_wav
 from soundfonts import resolve_soundfont
 
 SAMPLES_FILE = "samples.csv"
@@ -115,11 +114,6 @@ def sample_completions(
     return sequences
 
 
-def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    """A (2, samples) float clip as 16-bit PCM, the format the training run saves."""
-    soundfile.write(path, np.asarray(audio).T, sample_rate, subtype="PCM_16")
-
-
 def render_wavs(scores: list[symusic.Score], paths: list[Path], soundfont: str) -> None:
     """Render scores with the training renderer (48 kHz, at most 10 s, peak-normalised) into WAV files."""
     synth = TinySoundfontSynthProcessor(resolve_soundfont(soundfont), DEFAULT_SAMPLE_RATE, DEFAULT_MAX_AUDIO_SECONDS)
@@ -162,7 +156,7 @@ def generate_pieces(
 def write_samples_csv(
     out: Path, paths: list[Path], prompts: list[str], model_dir: Path | str, settings: GenerationSettings
 ) -> None:
-    """Which prompt each file answers, and the settings that made it (so evaluate.py can pair and report)."""
+    """Which prompt each file answers, and the settings that made it (so evaluation.py can pair and report)."""
     with open(out / SAMPLES_FILE, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["sample", "prompt", "model", *asdict(settings)])
@@ -180,7 +174,7 @@ def read_samples_csv(folder: Path) -> dict[str, str]:
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
-    """The sampling options, shared with evaluate.py's command line."""
+    """The sampling options, shared with evaluation.py's command line."""
     defaults = GenerationSettings()
     parser.add_argument("--n", type=int, default=defaults.n, help="pieces per model (default %(default)s)")
     parser.add_argument("--prompt-source", default=defaults.prompt_source, choices=PROMPT_SOURCES,

@@ -5,7 +5,7 @@
     python listen.py analyse study/               # study/analysis/summary.md, ratings.csv, ratings.png
 
 build (listen_stimuli.py): every system ([NAME=]PATH: a model, checkpoint, SMART run or MIDI folder, as in
-evaluate.py) answers the same prompts with the same seeds, re-sampled until a piece has no empty beat and lasts 8 s
+evaluation.py) answers the same prompts with the same seeds, re-sampled until a piece has no empty beat and lasts 8 s
 (bounded, reported), rendered for 10 s at 48 kHz, loudness-matched, saved under random names with a manifest.
 serve (listen_server.py): consent, then every clip in a per-participant random order, rated 1-10 ("How much do
 you enjoy this piece?") once it has played to the end; answers go to study/responses.sqlite one transaction each.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from evaluate import parse_systems
+from evaluation import parse_systems
 from generate import add_generation_arguments, settings_from_arguments
 from listen_stimuli import STUDY_GENERATION, build_study
 

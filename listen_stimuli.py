@@ -38,23 +38,25 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
 import features
-from evaluate import RUN_CONFIG_FILES, audio_scores, is_model, load_audiobox, named_reward_processors
+from evaluation import RUN_CONFIG_FILES, audio_scores, is_model, load_audiobox, named_reward_processors
 from generate import (
-    GenerationSettings, default_device, read_samples_csv, resolve_model_dir, sample_completions, write_wav,
+    GenerationSettings, default_device, read_samples_csv, resolve_model_dir, sample_completions,
 )
 from midi_tokenizer import load_tokenizers
 from processors import (
-    AES_AXES, REWARD_PROCESSORS, MidiTokToSymusicProcessor, TinySoundfontSynthProcessor, crop_score, score_seconds,
+    AES_AXES, DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SAMPLE_RATE, REWARD_PROCESSORS, MidiTokToSymusicProcessor,
+    TinySoundfontSynthProcessor, crop_score, score_seconds,
 )
 from prompts import build_prompts, list_midi_files
+from reward_manager import write_wav
 from soundfonts import SoundfontNotFound, resolve_soundfont
 
 MANIFEST = "manifest.json"
 STIMULI_DIR = "stimuli"
 MIDI_DIR = "midi"
 GORILLA_CSV = "gorilla_spreadsheet.csv"
-SAMPLE_RATE = 48000  # the paper's stimuli and the training renderer
-CLIP_SECONDS = 10
+SAMPLE_RATE = DEFAULT_SAMPLE_RATE  # the paper's stimuli are rendered as training renders
+CLIP_SECONDS = DEFAULT_MAX_AUDIO_SECONDS
 MIN_SECONDS = 8.0  # the paper's rule: a piece lasts at least 8 s ...
 MAX_EMPTY_BEAT_RATE = 0.0  # ... and has no empty beat
 PEAK_CEILING_DB = -1.0  # no clip is amplified above this sample peak (dBFS): a louder target is lowered for all

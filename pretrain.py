@@ -32,6 +32,7 @@ from transformers import Phi3Config, Phi3ForCausalLM
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
 import midi_tokenizer
+from prompts import list_midi_files
 
 # --- data ---
 DATA_DIR = "data/corpus/midi"  # folder searched recursively for .mid/.midi files
@@ -76,11 +77,6 @@ def default_config() -> dict:
 # Data
 
 
-def midi_files(folder: str | Path) -> list[Path]:
-    """Every MIDI file under ``folder``, sorted so that splits and caches do not depend on the file system."""
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in {".mid", ".midi"})
-
-
 def piano_only(score: symusic.Score) -> symusic.Score:
     """Merge all non-drum tracks into one program-0 track and drop drums: the model is a solo-piano model."""
     piano = symusic.Track("Piano", program=0, is_drum=False)
@@ -117,7 +113,7 @@ def _cache_key(files: list[Path], remi) -> str:
 
 def load_pieces(folder: str | Path, remi, cache_dir: str | Path | None) -> dict[str, np.ndarray]:
     """Token ids per piece (keyed by path relative to ``folder``), tokenizing once and caching as ``.npz``."""
-    files = midi_files(folder)
+    files = list_midi_files(folder)  # sorted: splits and caches do not depend on the file system
     if not files:
         raise FileNotFoundError(f"no .mid/.midi files under {folder}")
     cache = Path(cache_dir) / f"{_cache_key(files, remi)}.npz" if cache_dir else None
@@ -258,7 +254,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: Phi3ForCausalLM, crops: list[np.ndarray], batch_size: int, pad: int, device: torch.device) -> float:
+def validation_loss(
+    model: Phi3ForCausalLM, crops: list[np.ndarray], batch_size: int, pad: int, device: torch.device
+) -> float:
     """Token-weighted mean validation loss over the fixed crops."""
     model.eval()
     total, count = 0.0, 0
@@ -365,7 +363,7 @@ def train(cfg: dict) -> dict:
         out_of_time = cfg["MAX_MINUTES"] > 0 and time.time() - start_time > 60 * cfg["MAX_MINUTES"]
         if step % cfg["EVAL_INTERVAL"] and step != cfg["MAX_STEPS"] and not out_of_time:
             continue
-        val_loss = evaluate(model, val_crops, cfg["BATCH_SIZE"], special.pad, device)
+        val_loss = validation_loss(model, val_crops, cfg["BATCH_SIZE"], special.pad, device)
         point = {"step": step, "train_loss": window_loss / window_steps, "val_loss": val_loss,
                  "tokens_seen": metrics["tokens_seen"], "minutes": (time.time() - start_time) / 60}
         metrics["curve"].append(point)

@@ -1,4 +1,4 @@
-"""Reward processors: each takes the batch's records (dicts) and returns them with fields added.
+"""Reward processors: each takes the batch's records (``Record``: typed dicts) and returns them with fields added.
 
 The chain SMART runs per reward step is decode -> render -> score:
 
@@ -9,7 +9,8 @@ The chain SMART runs per reward step is decode -> render -> score:
 A reward is any processor that writes ``record["normalized_rewards"][NAME]`` (a number in [0, 1]);
 ``RewardManager`` combines them with ``REWARD_WEIGHTS``. Processors never raise on a bad record: a record
 they cannot handle gets a neutral value and a reason appended to ``record["errors"]``, which the manager
-logs, so one garbage completion cannot end a long run.
+logs, so one garbage completion cannot end a long run. ``reward_processors_for`` builds the reward processors
+of a run from ``REWARD_PROCESSORS`` and the run's ``RewardSettings``.
 
 Class names and constructor arguments are the original erl-j/SMART ones, so its README example still works.
 """
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
 import miditok
 import numpy as np
@@ -26,14 +28,14 @@ import symusic
 import torch
 
 import features
+from features import AES_AXES, score_seconds
 from devices import compute_device, exact_fp32
-from render_pool import RenderPool, SoundfontRenderer
+from render_pool import RenderPool
+from renderer import RenderSettings, SoundfontRenderer
 
-Record = dict[str, Any]
-AES_AXES = ("CE", "CU", "PC", "PQ")
+AUDIOBOX_WINDOW_SECONDS = 10  # the predictor scores 10 s windows (a property of the model, not a setting)
 DEFAULT_SAMPLE_RATE = 48000  # the original's render rate (Hz); smart.py's SAMPLE_RATE
-DEFAULT_MAX_AUDIO_SECONDS = 10  # the original's render length, Audiobox's window; smart.py's MAX_AUDIO_DURATION
-AUDIOBOX_WINDOW_SECONDS = 10  # the predictor scores 10 s windows; a clip up to this long is one window
+DEFAULT_MAX_AUDIO_SECONDS = AUDIOBOX_WINDOW_SECONDS  # the original's render length: one Audiobox window
 AUDIOBOX_HUB_ID = "facebook/audiobox-aesthetics"  # the checkpoint the package loads when given none
 # GPU memory per 10 s clip in one Audiobox forward (fp32): WavLM's first conv block makes 65 MB tensors per clip,
 # ~8.5 GB at the peak for 64 clips, ~133 MiB per clip (estimated from the model's shapes, not measured on a GPU).
@@ -41,14 +43,51 @@ AUDIOBOX_BYTES_PER_CLIP = 160 * 2**20
 AUDIOBOX_MEMORY_SHARE = 0.5  # share of the free GPU memory a forward may take; the trainer needs the rest
 
 
+class Record(TypedDict, total=False):
+    """One completion on its way through the chain. Each stage adds keys and none removes any, so a record's
+    keys say how far it got; a user's processor may add keys of its own."""
+
+    # completion_record (RewardManager): the completion
+    idx: int  # its position in the batch
+    prompt: str
+    completion: list[int]  # the completion's token ids
+    prompt_and_completion: list[int]  # the prompt's token ids, then the completion's
+    reward_step: int
+    normalized_rewards: dict[str, float]  # reward name -> value in [0, 1], written by the reward processors
+    errors: list[str]  # why the record got fallback values (add_error)
+    # MidiTokToSymusicProcessor (score_record starts here, from a score)
+    prompt_and_completion_tokens: list[str]
+    sm: symusic.Score  # cropped to max_beats
+    sm_duration: float  # seconds (score_seconds)
+    # TinySoundfontSynthProcessor
+    audio: np.ndarray  # float32, shape (2, samples)
+    sample_rate: int
+    audio_duration: float  # seconds
+    # AudioBoxAesRewardProcessor, ScaleConsistencyReward
+    aes_scores: dict[str, float]  # AES_AXES -> score on the 1-10 scale
+    scale_consistency: float
+    # RewardManager, after the chain
+    reward: float  # the weighted mean TRL optimises
+    reward_weights: dict[str, float]
+
+
+def completion_record(idx: int, prompt: str, prompt_ids: list[int], completion_ids: list[int], reward_step: int = 0
+                      ) -> Record:
+    """A new record for one sampled completion, as the chain's first processor (the decoder) expects it."""
+    completion = [int(t) for t in completion_ids]
+    return Record(idx=idx, prompt=prompt, completion=completion,
+                  prompt_and_completion=[int(t) for t in prompt_ids] + completion, reward_step=reward_step,
+                  normalized_rewards={}, errors=[])
+
+
+def score_record(idx: int, score: symusic.Score) -> Record:
+    """A new record for a score that enters the chain after decoding (evaluation, benchmarks, tests)."""
+    return Record(idx=idx, sm=score, sm_duration=score_seconds(score), normalized_rewards={}, errors=[])
+
+
 def add_error(record: Record, message: str) -> None:
     """Note why a record got a fallback value; the manager logs these in the step's parquet."""
     record.setdefault("errors", []).append(message)
-
-
-def score_seconds(score: symusic.Score) -> float:
-    """The score's end in seconds (tempo-aware), 0 for an empty score."""
-    return float(score.to(symusic.TimeUnit.second).end())
 
 
 def crop_score(score: symusic.Score, max_beats: int) -> symusic.Score:
@@ -56,8 +95,24 @@ def crop_score(score: symusic.Score, max_beats: int) -> symusic.Score:
     return score.clip(0, max_beats * score.ticks_per_quarter, clip_end=True)
 
 
+@dataclass(frozen=True)
+class RewardSettings:
+    """The run's settings a reward processor may need to be built (smart.py passes its constants)."""
+
+    audiobox_checkpoint: str | None = None  # None: the hub checkpoint (AUDIOBOX_CHECKPOINT)
+    audiobox_batch_size: int | None = None  # clips per Audiobox forward; None: from free GPU memory
+    device: torch.device | None = None  # where models run; None: devices.compute_device()
+    max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS  # the rendered clips' cap (MAX_AUDIO_DURATION)
+
+
 class Processor:
     """Base class: ``__call__(records) -> records`` with new fields added to every record, same order."""
+
+    @classmethod
+    def from_settings(cls, settings: RewardSettings) -> Processor:
+        """Build this processor for a run (``reward_processors_for``). A processor whose knobs depend on the run
+        overrides this; the default is the no-argument constructor."""
+        return cls()
 
     def __call__(self, records: list[Record]) -> list[Record]:
         raise NotImplementedError
@@ -104,11 +159,8 @@ class MidiTokToSymusicProcessor(Processor):
 class TinySoundfontSynthProcessor(Processor):
     """Render each record's score with TinySoundFont: stereo, at most ``max_duration_seconds``, peak-normalised.
 
-    Same audio as the original method, with less work (``render_pool.SoundfontRenderer``): the MIDI goes to the
-    sequencer from memory (no temp file), and only ``min(score duration, max_duration_seconds)`` is synthesised
-    instead of the whole cropped score (up to 150 s at 40 BPM) before cutting. Before each score the previous
-    sequencer is detached and the synth flushed exactly as the original does, so a reused synth carries no state
-    from one render to the next. An empty score renders as 1 s of silence, as in the original.
+    Same audio as the original method, with less work: see renderer.py, the one place rendering is defined.
+    An empty score renders as 1 s of silence, as in the original.
 
     ``num_workers=1`` renders in this process; more start a ``render_pool.RenderPool`` of that many processes
     (forked from one process that loads the soundfont once, in the background, so they share it) that renders
@@ -121,61 +173,44 @@ class TinySoundfontSynthProcessor(Processor):
     ):
         if num_workers < 1:
             raise ValueError(f"num_workers={num_workers!r}: give 1 (render in-process) or more worker processes")
-        self.soundfont_path = soundfont_path
-        self.sample_rate = sample_rate
-        self.max_duration_seconds = max_duration_seconds
+        self.settings = RenderSettings(soundfont_path, sample_rate, max_duration_seconds)
         self.num_workers = num_workers
-        self.renderer: SoundfontRenderer | None = None
-        self.pool: RenderPool | None = None
-        if num_workers == 1:
-            self.renderer = SoundfontRenderer(soundfont_path, sample_rate, max_duration_seconds)
-        else:
-            self.pool = RenderPool(soundfont_path, sample_rate, max_duration_seconds, num_workers)
+        self.pool = RenderPool(self.settings, num_workers) if num_workers > 1 else None
+        self.renderer = SoundfontRenderer(self.settings) if self.pool is None else self.pool
 
     def close(self) -> None:
         """Stop the worker processes, if any (they also stop at interpreter exit)."""
         if self.pool is not None:
             self.pool.close()
 
-    def _render_all(self, jobs: list[tuple[bytes, float]], costs: list[float]) -> list[np.ndarray | str]:
-        """Audio or an error message per ``(midi bytes, seconds)`` job, in order."""
-        if self.pool is not None:
-            return self.pool.render_many(jobs, costs)
-        results: list[np.ndarray | str] = []
-        for midi, seconds in jobs:
-            try:
-                results.append(self.renderer.render_midi(midi, seconds))
-            except Exception as error:  # a score the synth cannot play must not stop the run
-                results.append(f"{type(error).__name__}: {error}")
-        return results
-
     def render(self, score: symusic.Score, duration_seconds: float) -> np.ndarray:
         """Audio of ``score`` as float32 of shape (2, samples), peak-normalised as x / (max|x| + 1e-6)."""
-        result = self._render_all([(score.dumps_midi(), duration_seconds)], [0.0])[0]
+        result = self.renderer.render_many([(score.dumps_midi(), duration_seconds)])[0]
         if isinstance(result, str):
             raise RuntimeError(f"render failed: {result}")
         return result
 
     def __call__(self, records: list[Record]) -> list[Record]:
+        rate, max_seconds = self.settings.sample_rate, self.settings.max_audio_seconds
         jobs, costs, rendered = [], [], []
         for record in records:
             try:
                 jobs.append((record["sm"].dumps_midi(), float(record["sm_duration"])))
             except Exception as error:  # a score symusic cannot write as MIDI
                 add_error(record, f"render: {type(error).__name__}: {error}")
-                record["audio"] = np.zeros((2, self.sample_rate), dtype=np.float32)
+                record["audio"] = np.zeros((2, rate), dtype=np.float32)
                 continue
-            seconds = min(record["sm_duration"], self.max_duration_seconds)
+            seconds = min(record["sm_duration"], max_seconds)
             costs.append(seconds * (1 + record["sm"].note_num() * seconds / max(record["sm_duration"], 1e-9)))
             rendered.append(record)
-        for record, result in zip(rendered, self._render_all(jobs, costs)):
+        for record, result in zip(rendered, self.renderer.render_many(jobs, costs)):
             if isinstance(result, str):  # a score the synth cannot play must not stop the run
                 add_error(record, f"render: {result}")
-                result = np.zeros((2, self.sample_rate), dtype=np.float32)
+                result = np.zeros((2, rate), dtype=np.float32)
             record["audio"] = result
         for record in records:
-            record["sample_rate"] = self.sample_rate
-            record["audio_duration"] = record["audio"].shape[1] / self.sample_rate
+            record["sample_rate"] = rate
+            record["audio_duration"] = record["audio"].shape[1] / rate
         return records
 
 
@@ -277,13 +312,15 @@ class AudioBoxAesRewardProcessor(Processor):
     ):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: give the clips per model forward (>= 1), or None")
-        self.checkpoint = checkpoint
         self.batch_size = batch_size
         self.aes_predictor = load_aes_predictor(checkpoint, device)
-        self.bf16 = bf16
         if bf16:  # upstream maps precision to a dtype and then tests the string, so autocast is never enabled
             self.aes_predictor.model.precision = torch.bfloat16
             self.aes_predictor.model.enable_autocast = True
+
+    @classmethod
+    def from_settings(cls, settings: RewardSettings) -> AudioBoxAesRewardProcessor:
+        return cls(settings.audiobox_checkpoint, batch_size=settings.audiobox_batch_size, device=settings.device)
 
     def clips_per_forward(self, device: torch.device) -> int | None:
         """10 s windows per model forward: ``batch_size``; if None, on a GPU as many as AUDIOBOX_MEMORY_SHARE of
@@ -415,20 +452,27 @@ class FilledBeatsReward(Processor):
 
 
 class AudioActivityReward(Processor):
-    """Audio reward ``audio_activity``: the share of a fixed ``window_seconds`` window in which the rendered
-    clip is audible, i.e. the fraction of 50 ms frames whose RMS is within ``threshold_db`` of the clip's
-    loudest frame. Frames past the clip's end count as silent, so a 1 s clip scores at most 1/10 of a 10 s
-    window. Silence gives 0; sound that never stops gives 1."""
+    """Audio reward ``audio_activity``: the share of the ``max_audio_seconds`` a clip may last (the run's
+    MAX_AUDIO_DURATION) in which the rendered clip is audible, i.e. the fraction of 50 ms frames whose RMS is
+    within ``threshold_db`` of the clip's loudest frame. Frames past the clip's end count as silent, so a 1 s
+    clip scores at most 1/10 of 10 s. Silence gives 0; sound that never stops gives 1."""
 
-    def __init__(self, window_seconds: float = 10.0, frame_seconds: float = 0.05, threshold_db: float = -30.0):
-        self.window_seconds = window_seconds
+    def __init__(
+        self, max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS, frame_seconds: float = 0.05,
+        threshold_db: float = -30.0,
+    ):
+        self.max_audio_seconds = max_audio_seconds
         self.frame_seconds = frame_seconds
         self.threshold_db = threshold_db
+
+    @classmethod
+    def from_settings(cls, settings: RewardSettings) -> AudioActivityReward:
+        return cls(max_audio_seconds=settings.max_audio_seconds)
 
     def activity(self, audio: np.ndarray, sample_rate: int) -> float:
         """Audible share of the window for one (channels, samples) clip."""
         frame = max(1, int(self.frame_seconds * sample_rate))
-        window_frames = max(1, int(self.window_seconds * sample_rate) // frame)
+        window_frames = max(1, int(self.max_audio_seconds * sample_rate) // frame)
         mono = audio.mean(axis=0)[: window_frames * frame]
         frames = mono[: len(mono) // frame * frame].reshape(-1, frame)
         if frames.size == 0:
@@ -446,8 +490,9 @@ class AudioActivityReward(Processor):
         return records
 
 
-# Reward name -> the processor that writes it. smart.py builds its chain from REWARD_WEIGHTS through this
-# table; register a new reward here to make it usable from a config.
+# Reward name -> the processor class that writes it. smart.py builds its chain from REWARD_WEIGHTS through this
+# table (``reward_processors_for``); register a new reward here to make it usable from a config. A class is built
+# with ``from_settings(RewardSettings)``: a plain class with a no-argument constructor works as it is.
 REWARD_PROCESSORS: dict[str, type[Processor]] = {
     **{axis: AudioBoxAesRewardProcessor for axis in AES_AXES},
     "scale_consistency": ScaleConsistencyReward,
@@ -457,17 +502,12 @@ REWARD_PROCESSORS: dict[str, type[Processor]] = {
 }
 
 
-def reward_processors_for(
-    reward_weights: dict[str, float],
-    audiobox_checkpoint: str | None,
-    audiobox_batch_size: int | None = None,
-    device: torch.device | None = None,
-) -> list[Processor]:
-    """One processor per class that produces a weighted reward, in REWARD_PROCESSORS order (Audiobox on ``device``)."""
+def reward_processors_for(reward_weights: dict[str, float], settings: RewardSettings = RewardSettings()
+                          ) -> list[Processor]:
+    """One processor per class that produces a weighted reward, in REWARD_PROCESSORS order, built for ``settings``.
+
+    A registered class that does not derive from ``Processor`` (no ``from_settings``) is built with no arguments.
+    """
     wanted = {REWARD_PROCESSORS[name] for name in reward_weights}
     classes = [cls for cls in dict.fromkeys(REWARD_PROCESSORS.values()) if cls in wanted]
-    return [
-        cls(audiobox_checkpoint, batch_size=audiobox_batch_size, device=device)
-        if cls is AudioBoxAesRewardProcessor else cls()
-        for cls in classes
-    ]
+    return [cls.from_settings(settings) if hasattr(cls, "from_settings") else cls() for cls in classes]

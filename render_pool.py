@@ -1,11 +1,7 @@
-"""Render MIDI to audio with TinySoundFont, in this process or in a persistent pool of worker processes.
+"""Render a batch of scores on all cores: a persistent pool of worker processes, each with a ``SoundfontRenderer``.
 
-``SoundfontRenderer`` is the render method SMART's reward uses: the same audio as the original erl-j/SMART
-method (bench/original.py) with less work. The MIDI comes from memory (no temp file) and only
-``min(score duration, max_duration_seconds)`` is synthesised, where the original synthesised the whole cropped
-score (up to 150 s at 40 BPM) and then cut it to 10 s.
-
-``RenderPool`` runs one ``SoundfontRenderer`` per worker process, so a batch of scores renders on all cores:
+This is an optional layer on top of renderer.py (``TinySoundfontSynthProcessor(num_workers=1)`` does without it);
+what is rendered, and how, is entirely the renderer's. ``RenderPool(settings, num_workers)``:
 
 - the soundfont is loaded once, by a fork server that then forks every worker from itself, so the workers share
   its memory (copy-on-write: MuseScore General decompresses to 0.5-1.8 GB, which 16 workers would otherwise
@@ -17,9 +13,12 @@ score (up to 150 s at 40 BPM) and then cut it to 10 s.
   audio comes back through memory shared with the worker (no pipe, no pickle);
 - a job that fails comes back as an error message (never an exception), and a worker that dies is replaced;
 - the fork server is a plain ``python render_pool.py`` process started with ``subprocess`` (fork + exec, so
-  nothing is inherited from a parent that already runs torch threads). Unlike ``multiprocessing``'s "spawn" or
-  "forkserver" it does not re-import the parent's ``__main__``: for ``smart.py`` that would be 10 s and 1 GB of
-  torch/TRL imports. It imports numpy and tinysoundfont only, and runs single-threaded, so forking it is safe;
+  nothing is inherited from a parent that already runs torch threads or CUDA). Unlike ``multiprocessing``'s
+  "spawn" or "forkserver" it does not re-import the parent's ``__main__``: for ``smart.py`` that would be 10 s
+  and 1 GB of torch/TRL imports. It imports numpy and tinysoundfont only, and runs single-threaded, so forking
+  it is safe. The standard library's ``ProcessPoolExecutor`` cannot keep the sharing: its workers are forked
+  from the training process (unsafe once CUDA and torch threads run) or from one forkserver per process that
+  holds no soundfont, so each worker's initializer would load its own copy;
 - the server and workers ignore SIGINT/SIGTERM (Ctrl-C reaches the whole process group; smart.py then finishes
   the step and saves a checkpoint, which needs the renders) and exit when the parent closes the pool or dies.
 
@@ -29,6 +28,8 @@ render starts from the same flushed synth (tests/test_render_pool.py checks many
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import mmap
 import os
@@ -46,9 +47,9 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 import numpy as np
-import tinysoundfont
 
-FLUSH_SECONDS = 4  # the original renders 4 s after sounds_off before each score, so voices fully decay
+from renderer import RenderSettings, SoundfontRenderer
+
 CLOSE_TIMEOUT_SECONDS = 5.0  # how long close() waits for a worker to exit before killing it
 CGROUP_ROOT = Path("/sys/fs/cgroup")  # where a container sees its own cgroup (its CPU quota)
 FDS_PER_WORKER = 3  # descriptors the parent holds per worker: two pipe ends and the mapped audio slots
@@ -116,57 +117,12 @@ def default_render_workers(batch_size: int | None = None, cgroup_root: Path = CG
     return max(1, workers)
 
 
-class SoundfontRenderer:
-    """One TinySoundFont synth with the soundfont loaded, reused for every render."""
-
-    def __init__(self, soundfont_path: str, sample_rate: int, max_duration_seconds: float):
-        self.sample_rate = sample_rate
-        self.max_duration_seconds = max_duration_seconds
-        self.synth = tinysoundfont.Synth(samplerate=sample_rate)
-        self.synth.sfload(soundfont_path)
-
-    def _flush(self) -> None:
-        self.synth.notes_off()
-        self.synth.sounds_off()
-        self.synth.callback = None  # the previous score's sequencer must not play into this flush
-        self.synth.generate(FLUSH_SECONDS * self.sample_rate)
-
-    @property
-    def max_samples(self) -> int:
-        """The most samples per channel a render returns (1 s for an empty score, else the duration cap)."""
-        return max(self.sample_rate, int(self.sample_rate * self.max_duration_seconds))
-
-    def render_midi(self, midi: bytes, duration_seconds: float, out: np.ndarray | None = None) -> np.ndarray:
-        """Audio of a MIDI file's bytes as float32 of shape (2, samples), peak-normalised as x / (max|x| + 1e-6).
-
-        ``duration_seconds`` is the score's length; the audio is ``min(duration, max_duration_seconds)`` long,
-        or 1 s of silence for an empty score (as in the original). With ``out`` (a flat float32 array of at
-        least ``2 * max_samples`` values) the audio is written there and returned as a view of it.
-        """
-        self._flush()
-        num_samples = int(self.sample_rate * min(duration_seconds, self.max_duration_seconds))
-        silent = num_samples <= 0
-        if silent:
-            num_samples = self.sample_rate
-        audio = np.empty((2, num_samples), dtype=np.float32) if out is None else out[: 2 * num_samples].reshape(2, -1)
-        if silent:
-            audio[:] = 0
-            return audio
-        sequencer = tinysoundfont.Sequencer(self.synth)
-        sequencer.add(tinysoundfont.midi.load_memory(midi, persistent=False))
-        interleaved = np.frombuffer(self.synth.generate(num_samples), dtype=np.float32)  # no copy: a view
-        peak = max(interleaved.max(), -interleaved.min()) + np.float32(1e-6)  # max |x|, without a temporary
-        np.divide(interleaved[0::2], peak, out=audio[0])
-        np.divide(interleaved[1::2], peak, out=audio[1])
-        return audio
-
-
 # --- the pool -------------------------------------------------------------------------------------------------
 # A fork server loads the soundfont once and forks every worker from itself, so all workers share its soundfont
 # memory copy-on-write: TinySoundFont decompresses an SF3 at load (MuseScore General: 0.5-1.8 GB per process),
 # and 16 workers loading their own copies would hold 16 of them. The server is a plain ``python render_pool.py
-# --fork-server`` process (fork + exec, single-threaded: it imports numpy and tinysoundfont only), and it never
-# renders, so every worker starts from the same fresh synth.
+# --fork-server FD SETTINGS`` process (fork + exec, single-threaded: it imports numpy and tinysoundfont only; the
+# RenderSettings come as JSON), and it never renders, so every worker starts from the same fresh synth.
 #
 # Parent -> server (a Unix stream socket): one byte b"F" per worker wanted, carrying the worker's three file
 # descriptors (SCM_RIGHTS); closing the socket stops the server. Server -> parent: b"R" once the soundfont is
@@ -196,8 +152,8 @@ def _shared_memory(size: int) -> int:
 class _ForkServer:
     """The process that holds the loaded soundfont and forks workers from it; restartable if it dies."""
 
-    def __init__(self, soundfont: str, sample_rate: int, max_seconds: float):
-        self.args = [soundfont, str(sample_rate), repr(float(max_seconds))]
+    def __init__(self, settings: RenderSettings):
+        self.settings = settings
         self.process: subprocess.Popen | None = None
         self.socket: socket.socket | None = None
         self.loaded = False
@@ -208,7 +164,8 @@ class _ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "--fork-server", str(theirs.fileno()), *self.args],
+                [sys.executable, os.path.abspath(__file__), "--fork-server", str(theirs.fileno()),
+                 json.dumps(dataclasses.asdict(self.settings))],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env={**os.environ, **SINGLE_THREADED},
             )
         except BaseException:
@@ -238,7 +195,7 @@ class _ForkServer:
         self.socket.close()  # lets a server that reported an error exit
         code = self.process.wait()
         reason = message.decode(errors="replace") or f"the render fork server exited with code {code}"
-        raise RuntimeError(f"render worker could not load {self.args[0]}: {reason}")
+        raise RuntimeError(f"render worker could not load {self.settings.soundfont_path}: {reason}")
 
     def fork_worker(self, fds: tuple[int, int, int]) -> None:
         """Ask for a worker on these (to-worker read end, from-worker write end, shared memory) descriptors."""
@@ -323,14 +280,14 @@ def _stop_all(workers: list[_Worker], server: _ForkServer, timeout: float) -> No
 class RenderPool:
     """``num_workers`` processes, each with its own ``SoundfontRenderer``; see the module docstring."""
 
-    def __init__(self, soundfont_path: str, sample_rate: int, max_duration_seconds: float, num_workers: int):
+    def __init__(self, settings: RenderSettings, num_workers: int):
         if num_workers < 1:
             raise ValueError(f"num_workers={num_workers!r}: a render pool needs at least one worker")
-        if not 0 < max_duration_seconds < float("inf"):
-            raise ValueError(f"max_duration_seconds={max_duration_seconds!r} must be a positive number")
-        self._slot_values = 2 * max(sample_rate, int(sample_rate * max_duration_seconds))
-        self.num_workers = num_workers
-        self._server = _ForkServer(os.path.abspath(soundfont_path), sample_rate, max_duration_seconds)
+        if not 0 < settings.max_audio_seconds < float("inf"):  # it sizes the audio slots shared with workers
+            raise ValueError(f"max_audio_seconds={settings.max_audio_seconds!r} must be a positive number")
+        self._slot_values = 2 * settings.max_samples
+        absolute = os.path.abspath(settings.soundfont_path)  # as the error messages name it
+        self._server = _ForkServer(dataclasses.replace(settings, soundfont_path=absolute))
         self._workers: list[_Worker] = []
         # Stops the workers when the pool is garbage-collected, closed, or at interpreter exit (whichever first).
         self._finalizer = weakref.finalize(self, _stop_all, self._workers, self._server, CLOSE_TIMEOUT_SECONDS)
@@ -467,7 +424,7 @@ def _worker_loop(renderer: SoundfontRenderer, read_fd: int, write_fd: int, memor
         pass
 
 
-def _fork_server_main(socket_fd: int, soundfont: str, sample_rate: int, max_seconds: float) -> None:
+def _fork_server_main(socket_fd: int, settings: RenderSettings) -> None:
     """Load the soundfont, then fork a worker for every request until the parent closes the socket."""
     # Ctrl-C reaches the whole process group; smart.py then finishes the step and saves a checkpoint, which
     # needs the renders. The workers inherit this; they exit when the parent closes their pipes or dies.
@@ -476,7 +433,7 @@ def _fork_server_main(socket_fd: int, soundfont: str, sample_rate: int, max_seco
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped as they exit
     parent = socket.socket(fileno=socket_fd)
     try:
-        renderer = SoundfontRenderer(soundfont, sample_rate, max_seconds)
+        renderer = SoundfontRenderer(settings)
     except Exception as error:
         parent.sendall(b"E" + f"{type(error).__name__}: {error}".encode())
         parent.shutdown(socket.SHUT_WR)  # the end of the message
@@ -507,5 +464,5 @@ def _fork_server_main(socket_fd: int, soundfont: str, sample_rate: int, max_seco
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["--fork-server"]:
-        sys.exit("render_pool.py is started by RenderPool: python render_pool.py --fork-server FD SOUNDFONT RATE SECONDS")
-    _fork_server_main(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
+        sys.exit("render_pool.py is started by RenderPool: python render_pool.py --fork-server FD SETTINGS_JSON")
+    _fork_server_main(int(sys.argv[2]), RenderSettings(**json.loads(sys.argv[3])))

@@ -1,6 +1,6 @@
 """Write an evaluation's outputs: features.csv, summary.md, figures/ and an offline report.html.
 
-evaluate.py measures; this module only presents. Everything it writes lies in one folder and every link in
+evaluation.py measures; this module only presents. Everything it writes lies in one folder and every link in
 report.html is relative to it, so the folder can be zipped, mailed and opened anywhere without a network.
 
 Statistics: mean and standard error per system and metric over the samples where the metric is defined (NaN
@@ -25,9 +25,9 @@ import pandas as pd  # noqa: E402
 import symusic  # noqa: E402
 
 import features  # noqa: E402
+from features import AES_AXES  # noqa: E402
 
 ID_COLUMNS = ("system", "sample", "prompt", "midi_path", "audio_file")
-AES_AXES = ("CE", "CU", "PC", "PQ")
 AES_TITLES = {
     "CE": "Content Enjoyment", "CU": "Content Usefulness", "PC": "Production Complexity", "PQ": "Production Quality"
 }

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile
 
-from processors import Processor, Record, add_error
+from processors import Processor, Record, add_error, completion_record
 
 NOT_LOGGED = ("sm", "audio")  # too large for the parquet log; saved as MIDI and WAV instead
 
@@ -79,39 +79,25 @@ class RewardManager:
         self._audio_writer: threading.Thread | None = None
         self.__name__ = "RewardManager"  # TRL names the reward column after this
 
-    def reset(self) -> None:
-        self.global_reward_step = 0
-
     def __call__(
         self,
         prompts: list[str],
         completion_ids: list[list[int]],
         prompt_ids: list[list[int]] | None = None,
         log_metric: Callable[[str, float], None] | None = None,
-        return_records: bool = False,
         **_: Any,
-    ) -> list[float] | list[Record]:
+    ) -> list[float]:
         """TRL's reward-function interface. ``prompt_ids`` is a dataset column holding each prompt's token ids."""
         if prompt_ids is None:
             raise ValueError("RewardManager needs the dataset column 'prompt_ids' (each prompt's token ids)")
         records = [
-            {
-                "idx": i,
-                "prompt": prompt,
-                "completion": [int(t) for t in completion],
-                "prompt_and_completion": [int(t) for t in ids] + [int(t) for t in completion],
-                "normalized_rewards": {},
-                "reward_step": self.global_reward_step,
-                "errors": [],
-            }
+            completion_record(i, prompt, ids, completion, self.global_reward_step)
             for i, (prompt, ids, completion) in enumerate(zip(prompts, prompt_ids, completion_ids))
         ]
         seconds = self.run_processors(records)
         for record in records:
             record["reward"] = self.total_reward(record)
             record["reward_weights"] = self.reward_weights
-        if return_records:
-            return records
         self.export_records(records)
         if log_metric is not None:
             self.log_step_metrics(records, seconds, log_metric)
@@ -235,13 +221,18 @@ class RewardManager:
         log_metric("reward_errors", float(sum(len(r["errors"]) > 0 for r in records)))
 
 
-def write_wavs(clips: list[tuple[Path, Any, int]]) -> None:
-    """Write each ``(path, audio of shape (2, samples), sample rate)`` as 16-bit PCM; a failure skips that file.
+def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """A (2, samples) float clip as 16-bit PCM: the format training saves (generate.py and listen.py too)."""
+    soundfile.write(path, np.asarray(audio).T, sample_rate, subtype="PCM_16")
+
+
+def write_wavs(clips: list[tuple[Path, np.ndarray, int]]) -> None:
+    """``write_wav`` each ``(path, audio, sample rate)``; a failure skips that file.
 
     Runs in the writer thread, where an exception would only print a traceback and lose the remaining clips.
     """
     for path, audio, sample_rate in clips:
         try:
-            soundfile.write(path, np.asarray(audio).T, sample_rate, subtype="PCM_16")
+            write_wav(path, audio, sample_rate)
         except Exception as error:  # a full disk or a vanished directory must not cost the rest of the run
             print(f"[reward manager] could not write {path}: {type(error).__name__}: {error}", flush=True)

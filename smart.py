@@ -59,7 +59,7 @@ OUTPUT_DIR: str | None = None  # run directory; None = a new, timestamped folder
 SAVE_STEPS = 20  # checkpoint every this many steps
 AUDIO_SAVE_INTERVAL = 10  # save WAVs every this many reward steps (MIDI is saved every step)
 REPORT_TO = "none"  # "none", "wandb", "tensorboard", "trackio" (the logger must be installed)
-EVAL_SAMPLES = 32  # pieces per model in the end-of-run report, base vs tuned (evaluate.py); 0 = skip it
+EVAL_SAMPLES = 32  # pieces per model in the end-of-run report, base vs tuned (evaluation.py); 0 = skip it
 RESUME: str | None = None  # a run directory to continue from its last checkpoint, with its saved config
 
 config = {}
@@ -118,16 +118,17 @@ from transformers import TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from devices import bf16_native, compute_device, policy_init_kwargs  # noqa: E402
-from evaluate import evaluate_run, read_run_logs, read_trainer_log  # noqa: E402
+from evaluation import evaluate_run  # noqa: E402
 from midi_tokenizer import load_tokenizers  # noqa: E402
 from processors import (  # noqa: E402
-    AUDIOBOX_HUB_ID, AudioBoxAesRewardProcessor, MidiTokToSymusicProcessor, REWARD_PROCESSORS,
+    AUDIOBOX_HUB_ID, AudioBoxAesRewardProcessor, MidiTokToSymusicProcessor, REWARD_PROCESSORS, RewardSettings,
     TinySoundfontSynthProcessor, reward_processors_for,
 )
 from prompts import build_prompts  # noqa: E402
 from render_pool import default_render_workers  # noqa: E402
 from report import plot_training  # noqa: E402
 from reward_manager import RewardManager  # noqa: E402
+from run_logs import read_run_logs, read_trainer_log  # noqa: E402
 from run_record import build_record, describe, write_record  # noqa: E402
 from soundfonts import resolve_soundfont  # noqa: E402
 
@@ -276,6 +277,7 @@ if __name__ == "__main__":
 
     # --- the reward chain -----------------------------------------------------------------------------------------
     soundfont_path = resolve_soundfont(SOUNDFONT)
+    reward_settings = RewardSettings(AUDIOBOX_CHECKPOINT, AUDIOBOX_BATCH_SIZE, device, MAX_AUDIO_DURATION)
     reward_manager = RewardManager(
         processors=[
             MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=MAX_BEATS),
@@ -283,7 +285,7 @@ if __name__ == "__main__":
                 soundfont_path, SAMPLE_RATE, MAX_AUDIO_DURATION,
                 num_workers=default_render_workers(BATCH_SIZE) if RENDER_WORKERS is None else RENDER_WORKERS,
             ),
-            *reward_processors_for(REWARD_WEIGHTS, AUDIOBOX_CHECKPOINT, AUDIOBOX_BATCH_SIZE, device),
+            *reward_processors_for(REWARD_WEIGHTS, reward_settings),
         ],
         reward_weights=REWARD_WEIGHTS,
         output_dir=run_dir,

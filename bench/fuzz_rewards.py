@@ -38,12 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from midi_tokenizer import default_remi  # noqa: E402
 from processors import (  # noqa: E402
-    AudioActivityReward,
-    FilledBeatsReward,
+    DEFAULT_MAX_AUDIO_SECONDS,
+    DEFAULT_SAMPLE_RATE,
     MidiTokToSymusicProcessor,
-    NoteDensityReward,
-    ScaleConsistencyReward,
+    RewardSettings,
     TinySoundfontSynthProcessor,
+    reward_processors_for,
 )
 from reward_manager import RewardManager  # noqa: E402
 from soundfonts import resolve_soundfont  # noqa: E402
@@ -55,7 +55,8 @@ MAX_SILENT_BEATS = 1000
 
 
 def reward_chain(
-    output_dir: Path, sample_rate: int = 48000, max_audio_seconds: float = 10, max_beats: int = 100
+    output_dir: Path, sample_rate: int = DEFAULT_SAMPLE_RATE, max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
+    max_beats: int = 100,
 ) -> tuple[miditok.MusicTokenizer, RewardManager]:
     """The project's tokenizer and a RewardManager over the weight-free rewards, as smart.py would build it."""
     remi = default_remi()
@@ -63,10 +64,7 @@ def reward_chain(
         processors=[
             MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=max_beats),
             TinySoundfontSynthProcessor(resolve_soundfont("timgm6mb"), sample_rate, max_audio_seconds),
-            ScaleConsistencyReward(),
-            NoteDensityReward(),
-            FilledBeatsReward(),
-            AudioActivityReward(),
+            *reward_processors_for(WEIGHTS, RewardSettings(max_audio_seconds=max_audio_seconds)),
         ],
         reward_weights=WEIGHTS,
         output_dir=output_dir,
@@ -174,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=10_000, help="sequences to run")
     parser.add_argument("--batch", type=int, default=64, help="sequences per reward step")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seconds", type=float, default=10, help="MAX_AUDIO_DURATION")
-    parser.add_argument("--sample-rate", type=int, default=48000)
+    parser.add_argument("--seconds", type=float, default=DEFAULT_MAX_AUDIO_SECONDS, help="MAX_AUDIO_DURATION")
+    parser.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE)
     parser.add_argument("--failures-file", default="fuzz_failures.json", help="where failing sequences are saved")
     args = parser.parse_args(argv)
 

@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,35 +61,12 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from bench.original import OriginalTinySoundfontRenderer  # noqa: E402
-from bench.reward_pipeline import fresh, original_decode, original_render, timed  # noqa: E402
+from bench.reward_pipeline import fresh, original_decode, original_render, run_timed_smart, timed  # noqa: E402
 from soundfonts import SoundfontNotFound, resolve_soundfont  # noqa: E402
 from standins import AUDIOBOX_HUB_ID, PAPER_POLICY_SIZE, POLICY_HUB_ID, fill_paper_hub_cache  # noqa: E402
 
 TINY = ["--BATCH_SIZE=2", "--NUM_GENERATIONS=2", "--MAX_COMPLETION_LENGTH=32"]  # --tiny: a CPU can run it
 SCORE_TOLERANCE = 1e-3  # on the 1-10 scale; cuDNN/TF32 kernels differ from the CPU reference by ~1e-4
-DRIVER = r"""
-import json, os, runpy, sys, time
-import torch, trl
-from trl.extras import profiling
-events, steps = [], []
-profiling.ProfilingContext._log_metrics = lambda self, seconds: events.append((self.name, seconds))
-step = trl.GRPOTrainer.training_step
-def timed_step(self, *args, **kwargs):
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    steps.append(time.perf_counter())
-    return step(self, *args, **kwargs)
-trl.GRPOTrainer.training_step = timed_step
-sys.argv = ["smart.py", *json.loads(os.environ["GPU_CHECK_ARGS"])]
-try:
-    runpy.run_path("smart.py", run_name="__main__")
-finally:
-    steps.append(time.perf_counter())
-    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
-    reserved = torch.cuda.max_memory_reserved() if torch.cuda.is_available() else None
-    with open(os.environ["GPU_CHECK_OUT"], "w") as out:
-        json.dump({"events": events, "steps": steps, "peak_bytes": peak, "reserved_bytes": reserved}, out)
-"""
 
 
 def machine() -> str:
@@ -122,8 +98,7 @@ def run_smart(workdir: Path, env: dict[str, str], steps: int, soundfont: str, ti
             f"--SOUNDFONT={soundfont}", *(TINY if tiny else [])]
     print(f"[gpu-check] python smart.py {' '.join(args)}", flush=True)
     out = workdir / "timings.json"
-    result = subprocess.run([sys.executable, "-c", DRIVER], cwd=ROOT, text=True,
-                            env={**env, "GPU_CHECK_ARGS": json.dumps(args), "GPU_CHECK_OUT": str(out)})
+    result = run_timed_smart(args, out, env)
     if result.returncode != 0:
         raise RuntimeError(f"smart.py exited with {result.returncode} (its output is above)")
     return run_dir, json.loads(out.read_text())

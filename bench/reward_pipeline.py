@@ -45,7 +45,8 @@ from bench.original import OriginalTinySoundfontRenderer  # noqa: E402
 from midi_tokenizer import load_tokenizers  # noqa: E402
 from processors import (  # noqa: E402
     AES_AXES, AudioActivityReward, AudioBoxAesRewardProcessor, FilledBeatsReward, MidiTokToSymusicProcessor,
-    NoteDensityReward, ScaleConsistencyReward, TinySoundfontSynthProcessor, crop_score, score_seconds,
+    DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SAMPLE_RATE, NoteDensityReward, ScaleConsistencyReward,
+    Record, TinySoundfontSynthProcessor, completion_record, crop_score, score_seconds,
 )
 from prompts import build_prompts, tokens_of_kind  # noqa: E402
 from render_pool import available_cores, default_render_workers  # noqa: E402
@@ -59,8 +60,8 @@ BATCH_SIZE = 64
 MAX_COMPLETION_LENGTH = 256
 TEMPERATURE, TOP_K, TOP_P = 1.0, 50, 1.0
 MAX_BEATS = 100
-SAMPLE_RATE = 48000
-MAX_AUDIO_DURATION = 10
+SAMPLE_RATE = DEFAULT_SAMPLE_RATE
+MAX_AUDIO_DURATION = DEFAULT_MAX_AUDIO_SECONDS
 SHIPPED_MODEL = ROOT / "models" / "piano-tiny"
 LOCAL_PRESET = ROOT / "config" / "local.py"
 
@@ -100,18 +101,16 @@ def make_completions(workdir: Path) -> tuple[str, object, list[dict], float]:
         completion = completion.tolist()
         if bridge.eos_token_id in completion:
             completion = completion[: completion.index(bridge.eos_token_id) + 1]
-        records.append({"idx": i, "prompt": prompts[i], "prompt_and_completion": ids[mask.bool()].tolist() + completion,
-                        "completion": completion, "normalized_rewards": {}, "errors": []})
+        records.append(completion_record(i, prompts[i], ids[mask.bool()].tolist(), completion))
     return name, remi, records, seconds
 
 
-INPUT_KEYS = ("idx", "prompt", "prompt_and_completion", "completion")
-
-
-def fresh(records: list[dict]) -> list[dict]:
+def fresh(records: list[Record]) -> list[Record]:
     """New records with only the inputs (as RewardManager builds them), so every timed run starts equal."""
-    return [{key: list(r[key]) if isinstance(r[key], list) else r[key] for key in INPUT_KEYS}
-            | {"normalized_rewards": {}, "errors": []} for r in records]
+    def prompt_ids(record: Record) -> list[int]:
+        return record["prompt_and_completion"][: len(record["prompt_and_completion"]) - len(record["completion"])]
+
+    return [completion_record(r["idx"], r["prompt"], prompt_ids(r), r["completion"]) for r in records]
 
 
 def original_decode(remi, records: list[dict]) -> list[dict]:
@@ -266,25 +265,38 @@ def audiobox_stage(
     return lines, score_diff
 
 
+# smart.py run in a subprocess that records TRL's profiling events, each training step's start (after a CUDA sync,
+# so that the GPU's queued work counts in its step) and the peak GPU memory; bench/gpu_check.py uses it too.
 DRIVER = r"""
 import json, os, runpy, sys, time
-import trl
+import torch, trl
 from trl.extras import profiling
 events, steps = [], []
 profiling.ProfilingContext._log_metrics = lambda self, seconds: events.append((self.name, seconds))
 step = trl.GRPOTrainer.training_step
 def timed_step(self, *args, **kwargs):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     steps.append(time.perf_counter())
     return step(self, *args, **kwargs)
 trl.GRPOTrainer.training_step = timed_step
-sys.argv = ["smart.py", *json.loads(os.environ["BENCH_ARGS"])]
+sys.argv = ["smart.py", *json.loads(os.environ["TIMED_SMART_ARGS"])]
 try:
     runpy.run_path("smart.py", run_name="__main__")
 finally:
     steps.append(time.perf_counter())
-    with open(os.environ["BENCH_OUT"], "w") as out:
-        json.dump({"events": events, "steps": steps}, out)
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    reserved = torch.cuda.max_memory_reserved() if torch.cuda.is_available() else None
+    with open(os.environ["TIMED_SMART_OUT"], "w") as out:
+        json.dump({"events": events, "steps": steps, "peak_bytes": peak, "reserved_bytes": reserved}, out)
 """
+
+
+def run_timed_smart(args: list[str], out: Path, env: dict[str, str], **options) -> subprocess.CompletedProcess:
+    """``python smart.py ARGS`` through DRIVER, its timings written to ``out`` (JSON); ``options`` go to
+    ``subprocess.run``."""
+    env = {**env, "TIMED_SMART_ARGS": json.dumps(args), "TIMED_SMART_OUT": str(out)}
+    return subprocess.run([sys.executable, "-c", DRIVER], cwd=ROOT, env=env, text=True, **options)
 
 
 def grpo_steps(workdir: Path, steps: int, workers: int | None, preset: str | None, overrides: list[str]) -> str:
@@ -306,9 +318,8 @@ def grpo_steps(workdir: Path, steps: int, workers: int | None, preset: str | Non
         args.append(f"--RENDER_WORKERS={workers}")
     args += [f"--{override}" for override in overrides]
     what += "".join(f" --{override}" for override in overrides)
-    env = {**os.environ, "BENCH_ARGS": json.dumps(args), "BENCH_OUT": str(workdir / f"steps-{workers}.json")}
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", DRIVER], cwd=ROOT, env=env, capture_output=True, text=True)
+    result = run_timed_smart(args, workdir / f"steps-{workers}.json", dict(os.environ), capture_output=True)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         return f"GRPO steps ({what}): smart.py failed:\n{result.stderr[-3000:]}"

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from processors import AES_AXES, AudioBoxAesRewardProcessor, TinySoundfontSynthProcessor, score_seconds
+from processors import DEFAULT_SAMPLE_RATE as SAMPLE_RATE
 from scores import make_score
-
-SAMPLE_RATE = 48000
 
 
 @pytest.fixture(scope="module", autouse=True)

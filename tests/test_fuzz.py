@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from bench import fuzz_rewards
 from midi_tokenizer import default_remi
 from processors import (
+    DEFAULT_MAX_AUDIO_SECONDS,
+    DEFAULT_SAMPLE_RATE,
     AudioActivityReward,
     FilledBeatsReward,
     MidiTokToSymusicProcessor,
@@ -21,7 +23,7 @@ from processors import (
     Processor,
     ScaleConsistencyReward,
     TinySoundfontSynthProcessor,
-    score_seconds,
+    score_record,
 )
 from reward_manager import RewardManager
 from scores import make_score
@@ -116,7 +118,7 @@ def test_any_token_sequence_gets_a_finite_reward_with_its_reason_logged(tmp_path
 def test_a_10000_note_chord_costs_under_a_second_of_cpu(tmp_path, soundfont):
     """At the real settings (48 kHz, 10 s): the chord must not stall a reward step. CPU time, not wall time,
     so that other processes on the machine do not make the test flaky."""
-    manager = weight_free_chain(tmp_path, soundfont, 48000, 10)
+    manager = weight_free_chain(tmp_path, soundfont, DEFAULT_SAMPLE_RATE, DEFAULT_MAX_AUDIO_SECONDS)
     completions = [chord(10_000, 39, spread_pitches=False), chord(10_000, 0, spread_pitches=True)]
     manager(prompts=[""] * 2, completion_ids=completions[:1], prompt_ids=[PROMPT_IDS])  # warm-up
     start = time.process_time()
@@ -141,14 +143,15 @@ def test_pathological_scores_render_and_score_in_bounded_time(soundfont, notes):
     """Scores no token sequence of this vocabulary can express (its longest note is 4 beats), but another
     tokenizer's could: the renderer and the rewards still give finite values, within a bounded time."""
     score = make_score(notes)
-    records = [{"idx": 0, "sm": score, "sm_duration": score_seconds(score), "normalized_rewards": {}}]
-    processors = (TinySoundfontSynthProcessor(soundfont, 48000, 10), ScaleConsistencyReward(), NoteDensityReward(),
-                  FilledBeatsReward(), AudioActivityReward())
+    records = [score_record(0, score)]
+    processors = (TinySoundfontSynthProcessor(soundfont, DEFAULT_SAMPLE_RATE), ScaleConsistencyReward(),
+                  NoteDensityReward(), FilledBeatsReward(), AudioActivityReward())
     start = time.process_time()
     for processor in processors:
         processor(records)
     assert time.process_time() - start < 4.0  # CPU seconds; about 1.2 for the 10,000 held notes
-    assert records[0]["audio"].shape[1] <= 10 * 48000 and np.isfinite(records[0]["audio"]).all()
+    audio = records[0]["audio"]
+    assert audio.shape[1] <= DEFAULT_MAX_AUDIO_SECONDS * DEFAULT_SAMPLE_RATE and np.isfinite(audio).all()
     assert all(0.0 <= v <= 1.0 for v in records[0]["normalized_rewards"].values())
 
 

@@ -13,6 +13,7 @@ from transformers import Phi3Config, Phi3ForCausalLM
 
 from generate import GenerationSettings, generate_pieces, read_samples_csv, resolve_model_dir
 from midi_tokenizer import bridge_tokenizer, default_remi
+from processors import DEFAULT_SAMPLE_RATE
 from prompts import build_prompts
 
 SETTINGS = GenerationSettings(n=3, max_new_tokens=48, batch_size=2, seed=5)
@@ -56,7 +57,7 @@ def test_soundfont_adds_a_wav_per_piece(tiny_model: Path, tmp_path: Path):
     paths = generate_pieces(tiny_model, tmp_path, GenerationSettings(n=2, max_new_tokens=48), soundfont="timgm6mb")
     for path in paths:
         audio, rate = soundfile.read(path.with_suffix(".wav"))
-        assert rate == 48000 and audio.shape[1] == 2 and len(audio) <= 10 * 48000
+        assert rate == DEFAULT_SAMPLE_RATE and audio.shape[1] == 2 and len(audio) <= 10 * DEFAULT_SAMPLE_RATE
 
 
 def test_a_run_folder_stands_for_its_final_model_or_latest_checkpoint(tiny_model: Path, tmp_path: Path):

@@ -24,6 +24,7 @@ import render_pool
 from conftest import ROOT
 from processors import AES_AXES, AudioBoxAesRewardProcessor, Processor, check_weight_names, load_aes_predictor
 from render_pool import RenderPool, cgroup_cpu_limit, default_render_workers
+from renderer import RenderSettings
 from reward_manager import ProcessorFailed, RewardManager
 from scores import make_score
 
@@ -446,7 +447,7 @@ def test_the_hand_out_uses_every_worker_and_balances_the_queued_work(soundfont, 
     score = make_score([(0, 0.5, 60, 80)])
     jobs = [(score.dumps_midi(), 0.5)] * len(costs)
     sent: dict[int, int] = {}
-    with RenderPool(soundfont, SAMPLE_RATE, 10, num_workers=workers) as pool:
+    with RenderPool(RenderSettings(soundfont, SAMPLE_RATE, 10), num_workers=workers) as pool:
         pool.worker_pids()
         for index, worker in enumerate(pool._workers):
             worker.outbox = RecordingOutbox(worker.outbox, index, sent)

@@ -105,7 +105,7 @@ def test_generate_and_evaluate_accept_the_hub_id(hub_env, tmp_path):
                  env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((tmp_path / "g").glob("*.mid"))) == 2
-    result = run("evaluate.py", f"base={POLICY_HUB_ID}", str(tmp_path / "g"), "--n", "2", "--max-new-tokens", "16",
+    result = run("evaluation.py", f"base={POLICY_HUB_ID}", str(tmp_path / "g"), "--n", "2", "--max-new-tokens", "16",
                  "--soundfont", "none", "--out", str(tmp_path / "e"), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = (tmp_path / "e" / "summary.md").read_text()

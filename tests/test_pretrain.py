@@ -115,14 +115,14 @@ def test_training_lowers_loss_and_saves_a_loadable_best_model(pretrain_midi_dir,
     special = pretrain.Special.from_remi(remi)
     crops = pretrain.validation_crops([pieces[n] for n in val_names], special, cfg["CROP_TOKENS"],
                                       cfg["EVAL_CROPS"], cfg["SEED"])
-    reloaded = pretrain.evaluate(model, crops, 8, special.pad, torch.device("cpu"))
+    reloaded = pretrain.validation_loss(model, crops, 8, special.pad, torch.device("cpu"))
     assert reloaded == pytest.approx(metrics["best_val_loss"], abs=1e-4)
 
 
 def test_best_checkpoint_is_kept_and_training_stops_after_patience(pretrain_midi_dir, tmp_path, monkeypatch):
     scripted = iter([3.0, 2.0, 2.5, 2.1, 2.2, 1.0])
     saved_at = []
-    monkeypatch.setattr(pretrain, "evaluate", lambda *args, **kwargs: next(scripted))
+    monkeypatch.setattr(pretrain, "validation_loss", lambda *args, **kwargs: next(scripted))
     monkeypatch.setattr(pretrain, "save_checkpoint", lambda *args: saved_at.append(len(saved_at)))
     cfg = _tiny_config(pretrain_midi_dir, tmp_path / "model", MAX_STEPS=12, EVAL_INTERVAL=2, PATIENCE=3)
     metrics = pretrain.train(cfg)

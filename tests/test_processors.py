@@ -19,13 +19,13 @@ from processors import (
     crop_score,
     score_seconds,
 )
+from processors import DEFAULT_SAMPLE_RATE as SAMPLE_RATE
+from processors import score_record
 from scores import make_score, random_scores
-
-SAMPLE_RATE = 48000
 
 
 def records_of(scores):
-    return [{"idx": i, "sm": s, "sm_duration": score_seconds(s), "normalized_rewards": {}} for i, s in enumerate(scores)]
+    return [score_record(i, s) for i, s in enumerate(scores)]
 
 
 def test_decode_crops_to_max_beats_and_reports_bad_ids():
@@ -109,7 +109,7 @@ def test_audio_activity_reward_on_synthetic_audio():
     half = tone.copy()
     half[5 * sr:] = 0
     short = tone[: sr]
-    records = AudioActivityReward(window_seconds=10)(
+    records = AudioActivityReward(max_audio_seconds=10)(
         [record(np.stack([tone, tone])), record(np.stack([half, half])), record(np.stack([short, short])),
          record(np.zeros((2, sr)))]
     )
@@ -149,3 +149,43 @@ def test_the_original_readme_custom_processor_example_runs(tmp_path, soundfont):
     note = [tokenizer.vocab[t] for t in ("Pitch_60", "Velocity_63", "Duration_1.0.12")]
     rewards = reward_manager(prompts=[prompt, prompt], completion_ids=[note * 3, []], prompt_ids=[prompt_ids] * 2)
     assert rewards == pytest.approx([0.3, 0.0])
+
+
+def test_a_registered_class_with_a_no_argument_constructor_is_built_by_the_registry(monkeypatch):
+    """The original README's registration, ``REWARD_PROCESSORS["MY_REWARD"] = MyRewardProcessor``, still builds."""
+    import processors
+
+    class MyRewardProcessor:  # not even a Processor subclass: any class with a no-argument constructor
+        def __call__(self, records):
+            return records
+
+    monkeypatch.setitem(processors.REWARD_PROCESSORS, "MY_REWARD", MyRewardProcessor)
+    built = processors.reward_processors_for({"MY_REWARD": 1.0, "note_density": 1.0})
+    assert [type(p) for p in built] == [NoteDensityReward, MyRewardProcessor]
+
+
+def test_the_registry_builds_each_reward_from_the_run_settings(audiobox_checkpoint):
+    from processors import RewardSettings, reward_processors_for
+
+    settings = RewardSettings(audiobox_checkpoint=str(audiobox_checkpoint), audiobox_batch_size=3,
+                              device=torch.device("cpu"), max_audio_seconds=4)
+    audiobox, activity = reward_processors_for({"audio_activity": 1.0, "CE": 1.0, "PQ": 1.0}, settings)
+    assert isinstance(audiobox, AudioBoxAesRewardProcessor) and audiobox.batch_size == 3  # one for all four axes
+    assert audiobox.aes_predictor.device == torch.device("cpu")
+    assert isinstance(activity, AudioActivityReward) and activity.max_audio_seconds == 4
+
+
+def test_record_documents_every_key_the_chain_adds(soundfont):
+    from processors import Record, completion_record
+    from reward_manager import RewardManager
+
+    tokenizer = default_remi()
+    prompt_ids = [tokenizer.vocab[t] for t in "Bar_None TimeSig_4/4 Position_0 Tempo_120.0".split()]
+    note = [tokenizer.vocab[t] for t in ("Pitch_60", "Velocity_63", "Duration_1.0.12")]
+    records = [completion_record(0, "p", prompt_ids, note * 3)]
+    for processor in (MidiTokToSymusicProcessor(tokenizer, is_multitrack=False, max_beats=100),
+                      TinySoundfontSynthProcessor(soundfont, SAMPLE_RATE), ScaleConsistencyReward()):
+        records = processor(records)
+    records[0]["reward"] = RewardManager([], {"scale_consistency": 1.0}, ".").total_reward(records[0])
+    assert set(records[0]) - set(Record.__annotations__) == set()
+    assert set(score_record(0, make_score([]))) <= set(Record.__annotations__)

@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 
 from bench.original import OriginalTinySoundfontRenderer
-from processors import TinySoundfontSynthProcessor, crop_score, score_seconds
+from processors import DEFAULT_SAMPLE_RATE as SAMPLE_RATE
+from processors import TinySoundfontSynthProcessor, crop_score, score_record, score_seconds
 from render_pool import RenderPool, default_render_workers
+from renderer import RenderSettings, SoundfontRenderer
 from scores import make_score, random_scores
-
-SAMPLE_RATE = 48000
 
 
 def records_of(scores):
-    return [{"idx": i, "sm": s, "sm_duration": score_seconds(s), "normalized_rewards": {}}
-            for i, s in enumerate(scores)]
+    return [score_record(i, s) for i, s in enumerate(scores)]
 
 
 def varied_scores():
@@ -107,7 +106,7 @@ def parent_pid(pid):
 def test_a_dead_worker_is_replaced(soundfont, expected_audio):
     scores = varied_scores()
     jobs = [(s.dumps_midi(), score_seconds(s)) for s in scores]
-    with RenderPool(soundfont, SAMPLE_RATE, 10, num_workers=2) as pool:
+    with RenderPool(RenderSettings(soundfont, SAMPLE_RATE, 10), num_workers=2) as pool:
         pool.render_many(jobs[:2])
         victim = pool.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
@@ -128,7 +127,7 @@ def test_a_dead_worker_is_replaced(soundfont, expected_audio):
 def test_a_dead_fork_server_is_restarted_when_a_worker_must_be_replaced(soundfont, expected_audio):
     scores = varied_scores()
     jobs = [(s.dumps_midi(), score_seconds(s)) for s in scores]
-    with RenderPool(soundfont, SAMPLE_RATE, 10, num_workers=2) as pool:
+    with RenderPool(RenderSettings(soundfont, SAMPLE_RATE, 10), num_workers=2) as pool:
         pool.render_many(jobs[:2])
         server, victim = pool.server_pid(), pool.worker_pids()[0]
         os.kill(server, signal.SIGKILL)
@@ -150,7 +149,7 @@ def test_workers_are_forked_from_one_server_and_share_its_soundfont_memory(sound
         return fields
 
     scores = varied_scores()
-    with RenderPool(soundfont, SAMPLE_RATE, 10, num_workers=2) as pool:
+    with RenderPool(RenderSettings(soundfont, SAMPLE_RATE, 10), num_workers=2) as pool:
         pool.render_many([(s.dumps_midi(), score_seconds(s)) for s in scores])
         server = pool.server_pid()
         loaded = memory_kib(server)["Rss"]
@@ -165,7 +164,7 @@ def test_workers_are_forked_from_one_server_and_share_its_soundfont_memory(sound
 def test_a_worker_killed_mid_batch_fails_at_most_its_current_job(soundfont, expected_audio):
     scores = varied_scores()
     jobs = [(s.dumps_midi(), score_seconds(s)) for s in scores] * 2
-    with RenderPool(soundfont, SAMPLE_RATE, 10, num_workers=2) as pool:
+    with RenderPool(RenderSettings(soundfont, SAMPLE_RATE, 10), num_workers=2) as pool:
         pool.render_many(jobs[:2])
         victim = pool.worker_pids()[0]
         killer = threading.Timer(0.1, os.kill, (victim, signal.SIGKILL))
@@ -190,3 +189,15 @@ def test_pool_arguments_are_checked(tmp_path):
         processor(records_of([make_score([(0, 1, 60, 80)])]))
     assert processor.pool.closed
     assert default_render_workers() >= 1
+
+
+def test_the_render_settings_reach_the_workers_as_one_value(soundfont):
+    """Another rate and cap than the defaults: the pool's workers render what the in-process renderer does."""
+    settings = RenderSettings(soundfont, 16000, 2)
+    scores = varied_scores()
+    jobs = [(s.dumps_midi(), score_seconds(s)) for s in scores]
+    expected = SoundfontRenderer(settings).render_many(jobs)
+    with RenderPool(settings, num_workers=2) as pool:
+        results = pool.render_many(jobs)
+    assert max(r.shape[1] for r in results) == 2 * 16000
+    assert all(np.array_equal(r, e) for r, e in zip(results, expected))

@@ -1,9 +1,9 @@
 """Compare systems on the same prompts and seeds: the paper's measurements (paper.md §2) and the ones it lacked.
 
-    python evaluate.py artefacts/runs/<run> --out eval/           # base model vs the run's tuned model
-    python evaluate.py base=models/piano-tiny tuned=artefacts/runs/<run>/checkpoint-100 --out eval/
-    python evaluate.py samples/a samples/b --out eval/              # two folders of MIDI files (any generator)
-    python evaluate.py <run> --out eval/ --audiobox checkpoint.pt --rewards note_density audio_activity \\
+    python evaluation.py artefacts/runs/<run> --out eval/           # base model vs the run's tuned model
+    python evaluation.py base=models/piano-tiny tuned=artefacts/runs/<run>/checkpoint-100 --out eval/
+    python evaluation.py samples/a samples/b --out eval/              # two folders of MIDI files (any generator)
+    python evaluation.py <run> --out eval/ --audiobox checkpoint.pt --rewards note_density audio_activity \\
         --soundfont musescore --robustness-soundfonts fluidr3 timgm6mb
 
 A system is ``[NAME=]PATH``: a model directory or ``checkpoint-<step>`` folder (pieces are sampled with
@@ -42,10 +42,11 @@ from generate import (
 )
 from processors import (
     AES_AXES, DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SAMPLE_RATE, AudioBoxAesRewardProcessor, Processor, REWARD_PROCESSORS,
-    TinySoundfontSynthProcessor, crop_score, reward_processors_for, score_seconds,
+    RewardSettings, TinySoundfontSynthProcessor, crop_score, reward_processors_for, score_record,
 )
 from prompts import list_midi_files
 from report import Evaluation, write_report
+from run_logs import read_run_logs, read_trainer_log
 from run_record import RECORD_FILE
 from soundfonts import KNOWN_SOUNDFONTS, SoundfontNotFound, resolve_soundfont
 
@@ -72,7 +73,7 @@ def base_model_of(run_dir: Path) -> str:
         except (OSError, KeyError, TypeError, json.JSONDecodeError):
             continue
     raise ValueError(f"{run_dir} has no {' or '.join(RUN_CONFIG_FILES)} naming BASE_MODEL_PATH; "
-                     f"give the base model explicitly: evaluate.py base=MODEL tuned={run_dir}")
+                     f"give the base model explicitly: evaluation.py base=MODEL tuned={run_dir}")
 
 
 def slug(name: str) -> str:
@@ -120,7 +121,7 @@ def sample_folder(name: str, source: str, out: Path, settings: GenerationSetting
     if not is_model(source):
         return Path(source)
     model = resolve_model_dir(source)
-    print(f"[evaluate] {name}: sampling {settings.n} pieces from {model}")
+    print(f"[evaluation] {name}: sampling {settings.n} pieces from {model}")
     generate_pieces(model, out / "samples" / name, settings, device=device)
     return out / "samples" / name
 
@@ -142,7 +143,7 @@ def read_system(name: str, folder: Path, max_beats: int | None) -> tuple[list[di
         try:
             score = symusic.Score(str(path))
         except Exception as error:  # symusic raises several types on corrupt files
-            print(f"[evaluate] {name}: skipped unreadable {path}: {error}")
+            print(f"[evaluation] {name}: skipped unreadable {path}: {error}")
             continue
         if max_beats is not None:
             score = crop_score(score, max_beats)
@@ -172,12 +173,15 @@ def load_audiobox(checkpoint: str | None) -> tuple[Processor | None, str | None]
         return None, f"loading checkpoint {checkpoint!r} failed: {type(error).__name__}: {error}"
 
 
-def named_reward_processors(names: Sequence[str]) -> list[Processor]:
-    """Processors for the rewards the user named; Audiobox axes are excluded (they are the CE..PQ columns)."""
+def named_reward_processors(names: Sequence[str], max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS
+                            ) -> list[Processor]:
+    """Processors for the rewards the user named, for clips of at most ``max_audio_seconds``; Audiobox axes are
+    excluded (they are the CE..PQ columns)."""
     unknown = [n for n in names if n not in REWARD_PROCESSORS]
     if unknown:
         raise ValueError(f"unknown reward(s) {unknown}; known: {', '.join(REWARD_PROCESSORS)}")
-    return reward_processors_for({n: 1.0 for n in names if n not in AES_AXES}, None)
+    settings = RewardSettings(max_audio_seconds=max_audio_seconds)
+    return reward_processors_for({n: 1.0 for n in names if n not in AES_AXES}, settings)
 
 
 def audio_scores(
@@ -191,8 +195,7 @@ def audio_scores(
     """
     values = []
     for start in tqdm(range(0, len(scores), CHUNK), desc=desc, unit="chunk", leave=False):
-        records = [{"idx": i, "sm": s, "sm_duration": score_seconds(s), "normalized_rewards": {}}
-                   for i, s in enumerate(scores[start : start + CHUNK], start)]
+        records = [score_record(i, s) for i, s in enumerate(scores[start : start + CHUNK], start)]
         synth(records)
         for scorer in scorers:
             scorer(records)
@@ -253,29 +256,6 @@ def robustness_rows(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Training logs
-
-
-def read_run_logs(run_dir: Path) -> pd.DataFrame | None:
-    """Every training sample's reward_step, reward and normalised rewards (one column each) from rl_logs/."""
-    files = sorted(run_dir.glob("rl_logs/*/logs*.parquet"))
-    if not files:
-        return None
-    logs = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    per_reward = pd.DataFrame([r if isinstance(r, dict) else {} for r in logs.get("normalized_rewards", [])])
-    return pd.concat([logs[["reward_step", "reward"]], per_reward], axis=1).sort_values("reward_step")
-
-
-def read_trainer_log(run_dir: Path) -> pd.DataFrame | None:
-    """The trainer's log history (loss, kl, reward per optimizer step) from the latest checkpoint."""
-    last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
-    state = Path(last or run_dir) / "trainer_state.json"
-    if not state.is_file():
-        return None
-    return pd.DataFrame(json.loads(state.read_text()).get("log_history", []))
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The whole evaluation
 
 
@@ -312,7 +292,7 @@ def evaluate_systems(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    reward_scorers = named_reward_processors(reward_names)
+    reward_scorers = named_reward_processors(reward_names, max_audio_seconds)
     skipped: dict[str, str] = {}
     folders = {name: sample_folder(name, str(source), out, generation, device) for name, source in systems.items()}
     rows, scores = [], {}
@@ -467,7 +447,7 @@ def main() -> None:
         run_dir=args.run or found_run, listen=args.listen, max_beats=args.crop_beats,
         permutations=args.permutations, device=args.device,
     )
-    print(f"[evaluate] report: {report}")
+    print(f"[evaluation] report: {report}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""evaluate.py and report.py on hand-made MIDI folders, a tiny random model and a fake run folder."""
+"""evaluation.py and report.py on hand-made MIDI folders, a tiny random model and a fake run folder."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 import symusic
 
-import evaluate
+import evaluation
 from features import FEATURES
+from run_logs import read_run_logs
 from generate import GenerationSettings
 from report import holm, permutation_p_value
 from soundfonts import resolve_soundfont
@@ -68,13 +69,13 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def cli_output(folders, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``python evaluate.py DIR_A DIR_B --out OUT`` (in-process, so it counts toward coverage and runs fast)."""
+    """``python evaluation.py DIR_A DIR_B --out OUT`` (in-process, so it counts toward coverage and runs fast)."""
     out = tmp_path_factory.mktemp("eval") / "out"
-    argv = ["evaluate.py", str(folders[0]), str(folders[1]), "--out", str(out), "--listen", "3",
+    argv = ["evaluation.py", str(folders[0]), str(folders[1]), "--out", str(out), "--listen", "3",
             "--permutations", "999"]
     original, sys.argv = sys.argv, argv
     try:
-        evaluate.main()
+        evaluation.main()
     finally:
         sys.argv = original
     return out
@@ -111,12 +112,12 @@ def test_report_links_only_existing_files_and_has_a_player_per_listened_sample(c
 
 
 def test_rewards_audiobox_and_soundfont_robustness(folders, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(evaluate, "AudioBoxAesRewardProcessor", FakeAudiobox)
+    monkeypatch.setattr(evaluation, "AudioBoxAesRewardProcessor", FakeAudiobox)
     checkpoint = tmp_path / "checkpoint.pt"
     checkpoint.write_bytes(b"")
     held_out = tmp_path / "same_font_other_name.sf2"
     shutil.copy(resolve_soundfont("timgm6mb"), held_out)
-    report = evaluate.evaluate_systems(
+    report = evaluation.evaluate_systems(
         {"mono": folders[0], "triads": folders[1]}, tmp_path / "out", audiobox=str(checkpoint),
         reward_names=["note_density", "audio_activity"], robustness_soundfonts=[str(held_out)], permutations=99,
     )
@@ -135,7 +136,7 @@ def test_rewards_audiobox_and_soundfont_robustness(folders, tmp_path: Path, monk
 
 
 def test_a_missing_audiobox_checkpoint_is_skipped_with_the_reason(folders, tmp_path: Path):
-    report = evaluate.evaluate_systems({"mono": folders[0]}, tmp_path, audiobox=str(tmp_path / "nope.pt"),
+    report = evaluation.evaluate_systems({"mono": folders[0]}, tmp_path, audiobox=str(tmp_path / "nope.pt"),
                                        permutations=9)
     assert "nope.pt does not exist" in (tmp_path / "summary.md").read_text()
     assert "CE" not in pd.read_csv(tmp_path / "features.csv").columns
@@ -145,7 +146,7 @@ def test_a_missing_audiobox_checkpoint_is_skipped_with_the_reason(folders, tmp_p
 
 def test_an_unknown_reward_is_refused_before_any_work(folders, tmp_path: Path):
     with pytest.raises(ValueError, match="unknown reward"):
-        evaluate.evaluate_systems({"mono": folders[0]}, tmp_path, reward_names=["loudness"])
+        evaluation.evaluate_systems({"mono": folders[0]}, tmp_path, reward_names=["loudness"])
 
 
 def test_permutation_test_and_holm():
@@ -176,15 +177,15 @@ def fake_run(tmp_path: Path, model: Path) -> Path:
 def test_a_run_folder_alone_is_its_base_model_against_its_tuned_model(tmp_path: Path):
     model = save_tiny_model(tmp_path / "base_model")
     run = fake_run(tmp_path, model)
-    systems, found = evaluate.parse_systems([str(run)])
+    systems, found = evaluation.parse_systems([str(run)])
     assert systems == {"base": str(model), "tuned": str(run)} and found == run
-    named, _ = evaluate.parse_systems([f"mine={run}", str(model)])
+    named, _ = evaluation.parse_systems([f"mine={run}", str(model)])
     assert list(named) == ["mine", "base_model"]
-    logs = evaluate.read_run_logs(run)
+    logs = read_run_logs(run)
     assert list(logs.columns) == ["reward_step", "reward", "CE", "note_density"] and len(logs) == 8
     (run / "smart_config.json").unlink()
     with pytest.raises(ValueError, match="give the base model explicitly"):
-        evaluate.parse_systems([str(run)])
+        evaluation.parse_systems([str(run)])
 
 
 def test_same_model_same_prompts_gives_identical_samples_and_training_curves(tmp_path: Path):
@@ -194,7 +195,7 @@ def test_same_model_same_prompts_gives_identical_samples_and_training_curves(tmp
               "MAX_COMPLETION_LENGTH": 64, "TEMPERATURE": 1.0, "TOP_K": 50, "TOP_P": 1.0, "MAX_BEATS": 100,
               "SOUNDFONT": "timgm6mb", "REWARD_WEIGHTS": {"note_density": 1.0}, "AUDIOBOX_CHECKPOINT": None,
               "SAMPLE_RATE": 48000, "MAX_AUDIO_DURATION": 10}
-    report = evaluate.evaluate_run(run, config, n=3, permutations=99)
+    report = evaluation.evaluate_run(run, config, n=3, permutations=99)
     assert report == run / "eval" / "report.html"
     table = pd.read_csv(run / "eval" / "features.csv", keep_default_na=False)
     base, tuned = (table[table.system == s].drop(columns=["system", "midi_path", "audio_file"]).reset_index(drop=True)
@@ -208,7 +209,7 @@ def test_same_model_same_prompts_gives_identical_samples_and_training_curves(tmp
 def test_generation_settings_reach_the_report(folders, tmp_path: Path):
     model = save_tiny_model(tmp_path / "m")
     settings = GenerationSettings(n=2, max_new_tokens=16, seed=3)
-    evaluate.evaluate_systems({"model": model, "mono": folders[0]}, tmp_path / "out", generation=settings,
+    evaluation.evaluate_systems({"model": model, "mono": folders[0]}, tmp_path / "out", generation=settings,
                               soundfont=None, permutations=9)
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "2 pieces, prompts 'procedural-no-starting-note', seed 3, 16 new tokens" in summary
@@ -228,7 +229,7 @@ def test_the_end_of_run_report_renders_as_the_run_did(tmp_path: Path):
               "MAX_COMPLETION_LENGTH": 64, "TEMPERATURE": 1.0, "TOP_K": 50, "TOP_P": 1.0, "MAX_BEATS": 3,
               "SOUNDFONT": "no-longer-installed", "REWARD_WEIGHTS": {"audio_activity": 1.0},
               "AUDIOBOX_CHECKPOINT": None, "SAMPLE_RATE": 16000, "MAX_AUDIO_DURATION": 2}
-    evaluate.evaluate_run(run, config, n=3, permutations=9)
+    evaluation.evaluate_run(run, config, n=3, permutations=9)
     table = pd.read_csv(run / "eval" / "features.csv", keep_default_na=False)
     clips = [run / "eval" / name for name in table.audio_file if name]
     assert len(clips) == 6
