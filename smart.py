@@ -10,12 +10,24 @@ to MIDI, renders audio, scores it -> TRL's GRPOTrainer updates the policy agains
 The defaults are the public erl-j/SMART values; the TRL settings reproduce the TRL 0.16 algorithm it ran on.
 """
 
-import json
 import os
 import sys
+import typing
 from pathlib import Path
+from typing import Any
 
-from configurator import ConfigError, apply_overrides, apply_values
+from configurator import ConfigError, apply_overrides
+from run_folder import (
+    archive_after_resume,
+    checkpoint_step,
+    last_complete_checkpoint,
+    new_run_dir,
+    resumed_config,
+    save_config,
+)
+
+if typing.TYPE_CHECKING:  # for the annotation only (TRL loads after the checks, below); not an UPPERCASE knob
+    from trl import GRPOConfig
 
 # --- reproducibility ---------------------------------------------------------------------------------------------
 SEED = 1  # seed for the prompts (the original's SEED; the paper-era scripts used 0)
@@ -62,36 +74,64 @@ REPORT_TO = "none"  # "none", "wandb", "tensorboard", "trackio" (the logger must
 EVAL_SAMPLES = 32  # pieces per model in the end-of-run report, base vs tuned (evaluation.py); 0 = skip it
 RESUME: str | None = None  # a run directory to continue from its last checkpoint, with its saved config
 
-config = {}
+
+# --- what the recipe builds from the constants (functions, so tests can check them without a run) ----------------
+def grpo_config(run_dir: Path, on_gpu: bool, bf16_native: bool, model_init_kwargs: dict[str, Any]) -> "GRPOConfig":
+    """TRL's settings: every one that differs between TRL 0.16 (the paper's runs) and 1.16 is set explicitly, as
+    the README's table lists them (tests/test_smart.py checks each)."""
+    from trl import GRPOConfig  # here, not at the top: TRL loads only once the config is checked
+
+    return GRPOConfig(
+        output_dir=str(run_dir),
+        max_steps=NUM_TRAIN_STEPS,
+        per_device_train_batch_size=BATCH_SIZE,
+        num_generations=NUM_GENERATIONS,
+        gradient_accumulation_steps=GRADIENT_ACCUMULATION_STEPS,
+        learning_rate=LEARNING_RATE,
+        lr_scheduler_type=SCHEDULE_TYPE,
+        beta=BETA,
+        loss_type=LOSS_TYPE,
+        use_bias_correction_kl=False,  # TRL 0.16: plain k3 KL estimator
+        scale_rewards="group" if SCALE_REWARDS else "none",
+        num_iterations=NUM_ITERATIONS,
+        temperature=TEMPERATURE,
+        top_k=TOP_K,
+        top_p=TOP_P,
+        max_completion_length=MAX_COMPLETION_LENGTH,
+        gradient_checkpointing=False,
+        bf16=USE_BF16 and bf16_native,
+        use_cpu=not on_gpu,
+        trust_remote_code=TRUST_REMOTE_CODE,
+        model_init_kwargs=model_init_kwargs,
+        logging_steps=1,
+        save_steps=SAVE_STEPS,
+        report_to=REPORT_TO,
+        run_name=run_dir.name,
+        seed=TRAINER_SEED,
+    )
+
+
+def warn_about_weights_dtype(dtype: str, bf16: bool) -> None:
+    """Warn when bf16 mixed precision would train weights that are not fp32 (no fp32 master copy: small updates
+    are lost). ``dtype`` is the policy's, as run_record.json names it."""
+    if bf16 and dtype != "float32":
+        print(f"[smart] warning: the policy's weights are {dtype} (the model config's dtype), so bf16 training "
+              "updates them without an fp32 master copy and small updates are lost; --FP32_WEIGHTS=True loads "
+              "them in fp32")
+
+
 if __name__ == "__main__":
+    # --- overrides: config files and --KEY=value flags, or a stopped run's saved constants -------------------------
     try:
         config = apply_overrides(globals(), sys.argv[1:])
+        if RESUME is not None:
+            config = resumed_config(globals(), sys.argv[1:], RESUME)
     except ConfigError as error:
         sys.exit(f"smart.py: {error}")
 
-RUN_CONFIG_FILE = "smart_config.json"  # the resolved constants (config.json is the model's); not a setting
-
-
-def resumed_config(namespace: dict, argv: list[str], run_dir: str) -> dict:
-    """Apply the constants a run was started with (its smart_config.json) to ``namespace``, to continue it."""
-    if len(argv) > 1 or not argv[0].startswith("--RESUME="):
-        raise ConfigError("--RESUME continues a run with its saved config; give no other arguments")
-    saved = Path(run_dir) / RUN_CONFIG_FILE
-    if not saved.is_file():
-        raise ConfigError(f"RESUME={run_dir!r} has no {RUN_CONFIG_FILE}; give a run directory made by smart.py")
-    values = {k: v for k, v in json.loads(saved.read_text())["config"].items() if k != "RESUME"}
-    apply_values(namespace, {**values, "OUTPUT_DIR": run_dir}, str(saved))
-    return {**values, "RESUME": run_dir, "OUTPUT_DIR": run_dir}
-
-
-if __name__ == "__main__":
-    if RESUME is not None:
-        try:
-            config = resumed_config(globals(), sys.argv[1:], RESUME)
-        except ConfigError as error:
-            sys.exit(f"smart.py: {error}")
-    # Checked before transformers and TRL load, so a bad config costs ~2 s of imports, not ~6 (CPU time).
-    # accelerate launch and torchrun set WORLD_SIZE.
+    # --- checks: the config, then the machine ------------------------------------------------------------------
+    # Everything slow is imported after these, so a bad config fails in the ~2 s that preflight's imports take,
+    # not the ~6 s of transformers and TRL (CPU time). accelerate launch and torchrun set WORLD_SIZE.
     from preflight import check_config, gpu_problems
 
     problems = check_config(config, world_size=int(os.environ.get("WORLD_SIZE", "1")))
@@ -104,134 +144,38 @@ if __name__ == "__main__":
     if problems:
         sys.exit("smart.py: this machine cannot train on its GPU:\n- " + "\n- ".join(problems))
 
-import random  # noqa: E402  (heavy imports come after the config is known to be valid)
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import time  # noqa: E402
+    # --- the libraries and the project's modules ---------------------------------------------------------------
+    import random
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from accelerate import PartialState  # noqa: E402
-from accelerate.utils import broadcast_object_list  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
-from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+    import numpy as np
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+    from datasets import Dataset
+    from trl import GRPOTrainer
 
-from devices import bf16_native, compute_device, policy_init_kwargs  # noqa: E402
-from evaluation import evaluate_run  # noqa: E402
-from midi_tokenizer import load_tokenizers  # noqa: E402
-from processors import (  # noqa: E402
-    AUDIOBOX_HUB_ID, AudioBoxAesRewardProcessor, MidiTokToSymusicProcessor, REWARD_PROCESSORS, RewardSettings,
-    TinySoundfontSynthProcessor, reward_processors_for,
-)
-from prompts import build_prompts  # noqa: E402
-from render_pool import default_render_workers  # noqa: E402
-from report import plot_training  # noqa: E402
-from reward_manager import RewardManager  # noqa: E402
-from run_logs import read_run_logs, read_trainer_log  # noqa: E402
-from run_record import build_record, describe, write_record  # noqa: E402
-from soundfonts import resolve_soundfont  # noqa: E402
+    from devices import bf16_native, compute_device, policy_init_kwargs
+    from evaluation import evaluate_run
+    from midi_tokenizer import load_tokenizers
+    from processors import (
+        AUDIOBOX_HUB_ID,
+        REWARD_PROCESSORS,
+        AudioBoxAesRewardProcessor,
+        MidiTokToSymusicProcessor,
+        RewardSettings,
+        TinySoundfontSynthProcessor,
+        reward_processors_for,
+    )
+    from prompts import build_prompts
+    from render_pool import default_render_workers
+    from report import plot_training
+    from reward_manager import RewardManager
+    from run_logs import read_run_logs, read_trainer_log
+    from run_record import build_record, describe, write_record
+    from soundfonts import resolve_soundfont
+    from stop_on_signal import StopOnSignal
 
-STEP_FOLDERS = ("rl_logs", "midi", "audio")
-
-
-class StopOnSignal(TrainerCallback):
-    """On Ctrl-C / SIGTERM, finish the current step, save a checkpoint and stop, so the run can be resumed.
-
-    With several processes every rank must stop after the same step: one that went on would wait in TRL's next
-    gather for ranks that have left, until the collective timeout, and no checkpoint would be written. Ranks can
-    see a signal at different steps (it reached one rank only, or arrived at a step's end), so after each step
-    they agree: any rank's request stops them all (``any_rank``).
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._request)
-
-    def _request(self, signum: int, _frame: object) -> None:
-        print(f"\n[smart] {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")
-        self.requested = True
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if any_rank(self.requested, None if args is None else args.device):
-            if not self.requested:
-                print("\n[smart] another process was asked to stop: saving a checkpoint after this step, then stopping")
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-
-def any_rank(flag: bool, device: torch.device | None) -> bool:
-    """``flag`` or'ed over all ranks (a MAX all-reduce on ``device``, which NCCL needs to be the rank's GPU);
-    ``flag`` itself when there is one process."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    if torch.distributed.get_world_size() == 1:
-        return flag
-    agreed = torch.tensor([int(flag)], device=device)
-    torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
-    return bool(agreed.item())
-
-
-def warn_about_weights_dtype(dtype: torch.dtype, bf16: bool) -> None:
-    """Warn when bf16 mixed precision would train weights that are not fp32 (no fp32 master copy: small updates
-    are lost). The dtype itself is in run_record.json."""
-    if bf16 and dtype != torch.float32:
-        print(f"[smart] warning: the policy's weights are {str(dtype).removeprefix('torch.')} (the model config's "
-              "dtype), so bf16 training updates them without an fp32 master copy and small updates are lost; "
-              "--FP32_WEIGHTS=True loads them in fp32")
-
-
-def new_run_dir(config: dict) -> Path:
-    """A fresh run folder named after the model, prompts and beta; never one that exists."""
-    name = f"{Path(config['BASE_MODEL_PATH']).name}-{config['PROMPT_SOURCE'].replace(' ', '-')}-beta{config['BETA']}"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = Path("artefacts/runs") / f"{name}-{stamp}"
-    suffix = 1
-    while run_dir.exists():
-        suffix += 1
-        run_dir = Path("artefacts/runs") / f"{name}-{stamp}-{suffix}"
-    return run_dir
-
-
-def last_complete_checkpoint(run_dir: Path) -> tuple[Path | None, list[Path]]:
-    """The newest checkpoint-<step> the Trainer finished writing, and the newer ones it did not finish.
-
-    The Trainer writes trainer_state.json last, so a checkpoint without a readable one was cut short (killed
-    during a save); transformers' get_last_checkpoint would still pick it, and the resume would crash.
-    """
-    checkpoints = [path for path in run_dir.glob("checkpoint-*") if path.name.split("-")[-1].isdigit()]
-    unfinished = []
-    for checkpoint in sorted(checkpoints, key=lambda path: int(path.name.split("-")[-1]), reverse=True):
-        try:
-            json.loads((checkpoint / "trainer_state.json").read_text())
-            return checkpoint, unfinished
-        except (OSError, ValueError):
-            unfinished.append(checkpoint)
-    return None, unfinished
-
-
-def archive_after_resume(run_dir: Path, first_stale_step: int, unfinished_checkpoints: list[Path]) -> None:
-    """Move what the resumed run redoes to interrupted/<time>/, so nothing is overwritten: the step folders from
-    ``first_stale_step`` on, and checkpoints the Trainer did not finish writing."""
-    stale = [
-        step_dir
-        for folder in STEP_FOLDERS
-        for step_dir in sorted((run_dir / folder).glob("*"))
-        if step_dir.name.isdigit() and int(step_dir.name) >= first_stale_step
-    ]
-    archive = run_dir / "interrupted" / time.strftime("%Y%m%d-%H%M%S")
-    while archive.exists():  # two resumes within a second
-        archive = archive.with_name(archive.name + "+")
-    for path in stale + unfinished_checkpoints:
-        (archive / path.relative_to(run_dir)).parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(path), archive / path.relative_to(run_dir))
-    if stale or unfinished_checkpoints:
-        print(f"[smart] steps from {first_stale_step} on are redone after the resume; the old ones are in {archive}")
-
-
-if __name__ == "__main__":
+    # --- the device, the seeds and the run folder ------------------------------------------------------------------
     on_gpu = torch.cuda.is_available()
     # Without cpu=True a CPU-only launch of several processes (torchrun, accelerate launch) is not seen as
     # distributed: every rank would think it is alone, name its own run dir and write the same files.
@@ -252,20 +196,19 @@ if __name__ == "__main__":
     torch.manual_seed(SEED)
 
     if OUTPUT_DIR is None:
-        OUTPUT_DIR = str(broadcast_object_list([str(new_run_dir(config)) if state.is_main_process else None])[0])
-    elif RESUME is None and Path(OUTPUT_DIR).exists() and any(Path(OUTPUT_DIR).iterdir()):
-        sys.exit(f"smart.py: OUTPUT_DIR={OUTPUT_DIR!r} already holds a run; use --RESUME={OUTPUT_DIR} or a new dir")
+        run_dir = Path(broadcast_object_list([str(new_run_dir(config)) if state.is_main_process else None])[0])
+    else:
+        run_dir = Path(OUTPUT_DIR)
+        if RESUME is None and run_dir.exists() and any(run_dir.iterdir()):
+            sys.exit(f"smart.py: OUTPUT_DIR={OUTPUT_DIR!r} already holds a run; use --RESUME={OUTPUT_DIR} or a new dir")
     state.wait_for_everyone()  # every rank has looked at OUTPUT_DIR before the main process fills it
-    run_dir = Path(OUTPUT_DIR)
-    start_step = 0
-    if checkpoint is not None:
-        start_step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"] // NUM_ITERATIONS
+    start_step = 0 if checkpoint is None else checkpoint_step(checkpoint) // NUM_ITERATIONS
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         if RESUME is not None:
             archive_after_resume(run_dir, start_step, unfinished_checkpoints)
         else:
-            (run_dir / RUN_CONFIG_FILE).write_text(json.dumps({"config": config}, indent=2))
+            save_config(run_dir, config)
     state.wait_for_everyone()
     print(f"[smart] run directory: {run_dir}" + (f" (resuming from {checkpoint})" if checkpoint else ""))
 
@@ -295,37 +238,11 @@ if __name__ == "__main__":
         num_processes=state.num_processes,
     )
 
-    # --- GRPO: every setting that differs between TRL 0.16 (the paper's runs) and 1.16 is set explicitly -------
+    # --- GRPO ---------------------------------------------------------------------------------------------------
     if REPORT_TO == "wandb":
         os.environ.setdefault("WANDB_PROJECT", "music-grpo")
-    training_args = GRPOConfig(
-        output_dir=str(run_dir),
-        max_steps=NUM_TRAIN_STEPS,
-        per_device_train_batch_size=BATCH_SIZE,
-        num_generations=NUM_GENERATIONS,
-        gradient_accumulation_steps=GRADIENT_ACCUMULATION_STEPS,
-        learning_rate=LEARNING_RATE,
-        lr_scheduler_type=SCHEDULE_TYPE,
-        beta=BETA,
-        loss_type=LOSS_TYPE,
-        use_bias_correction_kl=False,  # TRL 0.16: plain k3 KL estimator
-        scale_rewards="group" if SCALE_REWARDS else "none",
-        num_iterations=NUM_ITERATIONS,
-        temperature=TEMPERATURE,
-        top_k=TOP_K,
-        top_p=TOP_P,
-        max_completion_length=MAX_COMPLETION_LENGTH,
-        gradient_checkpointing=False,
-        bf16=USE_BF16 and bf16,
-        use_cpu=not on_gpu,
-        trust_remote_code=TRUST_REMOTE_CODE,
-        model_init_kwargs=policy_init_kwargs(device, state.num_processes > 1, FP32_WEIGHTS, TRUST_REMOTE_CODE),
-        logging_steps=1,
-        save_steps=SAVE_STEPS,
-        report_to=REPORT_TO,
-        run_name=run_dir.name,
-        seed=TRAINER_SEED,
-    )
+    model_init_kwargs = policy_init_kwargs(device, state.num_processes > 1, FP32_WEIGHTS, TRUST_REMOTE_CODE)
+    training_args = grpo_config(run_dir, on_gpu, bf16, model_init_kwargs)
     trainer = GRPOTrainer(
         model=BASE_MODEL_PATH,
         reward_funcs=reward_manager,
@@ -347,7 +264,9 @@ if __name__ == "__main__":
     if state.is_main_process:
         print(describe(record))
         write_record(run_dir, record, resumed=checkpoint is not None)
-        warn_about_weights_dtype(trainer.model.dtype, training_args.bf16)
+        warn_about_weights_dtype(record["compute"]["policy_dtype"], training_args.bf16)
+
+    # --- train, then the tuned model, the reward curve and the base-vs-tuned report ----------------------------
     try:
         trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     finally:

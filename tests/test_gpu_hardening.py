@@ -463,9 +463,10 @@ def test_the_hand_out_uses_every_worker_and_balances_the_queued_work(soundfont, 
 def test_bf16_training_of_non_fp32_weights_is_warned(capsys):
     import smart
 
-    smart.warn_about_weights_dtype(torch.bfloat16, bf16=True)
+    smart.warn_about_weights_dtype("bfloat16", bf16=True)
     warning = capsys.readouterr().out
-    assert "without an fp32 master copy" in warning and "--FP32_WEIGHTS=True" in warning
-    smart.warn_about_weights_dtype(torch.float32, bf16=True)
-    smart.warn_about_weights_dtype(torch.bfloat16, bf16=False)
+    assert "weights are bfloat16" in warning and "without an fp32 master copy" in warning
+    assert "--FP32_WEIGHTS=True" in warning
+    smart.warn_about_weights_dtype("float32", bf16=True)
+    smart.warn_about_weights_dtype("bfloat16", bf16=False)
     assert "master copy" not in capsys.readouterr().out

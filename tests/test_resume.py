@@ -112,12 +112,12 @@ def test_sigkill_then_resume_then_sigterm_then_resume_continues_the_run(tmp_path
 def test_ctrl_c_and_sigterm_ask_for_a_checkpoint_and_a_stop_after_the_current_step():
     from transformers import TrainerControl
 
-    import smart
+    from stop_on_signal import StopOnSignal
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for sig in handlers:
-            callback = smart.StopOnSignal()
+            callback = StopOnSignal()
             control = callback.on_step_end(None, None, TrainerControl())
             assert not (control.should_save or control.should_training_stop)
             os.kill(os.getpid(), sig)  # handled (no KeyboardInterrupt), the step goes on

@@ -42,6 +42,33 @@ def test_defaults_are_the_public_smart_values():
     assert smart_defaults() == PAPER_DEFAULTS
 
 
+# The README's table "TRL 1.16 settings that reproduce the paper's algorithm", and the GRPO defaults it runs with.
+TRL_016_SETTINGS = dict(
+    loss_type="bnpo", use_bias_correction_kl=False, beta=0.04, top_k=50, top_p=1.0, scale_rewards="group",
+    gradient_checkpointing=False, logging_steps=1, learning_rate=1e-4, lr_scheduler_type="linear", seed=42,
+    num_generations=8, per_device_train_batch_size=64, max_completion_length=256, temperature=1.0,
+    num_iterations=1, max_steps=200,
+)
+
+
+def test_the_defaults_reach_grpo_config_as_trl_016_ran_the_paper(tmp_path):
+    import smart
+
+    args = smart.grpo_config(tmp_path / "run", on_gpu=False, bf16_native=False, model_init_kwargs={})
+    assert {key: getattr(args, key) for key in TRL_016_SETTINGS} == TRL_016_SETTINGS
+    assert args.seed == smart.TRAINER_SEED and args.output_dir == str(tmp_path / "run")
+
+
+def test_grpo_config_follows_the_constants(monkeypatch, tmp_path):
+    """Overrides reach TRL: each setting is read from its constant, not written down twice."""
+    import smart
+
+    for constant, value in dict(BETA=0.0, LOSS_TYPE="grpo", SCALE_REWARDS=False, TOP_K=0, TRAINER_SEED=7).items():
+        monkeypatch.setattr(smart, constant, value)
+    args = smart.grpo_config(tmp_path / "run", on_gpu=False, bf16_native=False, model_init_kwargs={})
+    assert (args.beta, args.loss_type, args.scale_rewards, args.top_k, args.seed) == (0.0, "grpo", "none", 0, 7)
+
+
 def test_default_run_offline_fails_fast_naming_what_it_could_not_fetch():
     start = time.monotonic()
     result = run_smart("--SOUNDFONT=timgm6mb", timeout=60)
@@ -142,3 +169,54 @@ def test_two_grpo_steps_through_the_whole_chain(tmp_path, tiny_policy, audiobox_
     features = (run_dir / "eval" / "features.csv").read_text().splitlines()
     assert len(features) == 1 + 2 * 2 and "CE" in features[0].split(",")  # base and tuned, 2 pieces each
     assert (run_dir / "eval" / "report.html").is_file()
+
+
+# A reward added without editing the project: a config file is Python, run before smart.py builds its chain.
+REWARD_PLUGIN = '''
+import processors
+from midi_tokenizer import default_remi
+
+pitches = {token_id for token, token_id in default_remi().vocab.items() if token.startswith("Pitch_")}
+
+
+class PitchShareReward(processors.Processor):
+    """my_reward: the share of the completion's tokens that are note pitches."""
+
+    def __call__(self, records):
+        for record in records:
+            share = sum(token in pitches for token in record["completion"]) / max(1, len(record["completion"]))
+            record["normalized_rewards"]["my_reward"] = share
+        return records
+
+
+processors.REWARD_PROCESSORS["my_reward"] = PitchShareReward
+REWARD_WEIGHTS = {"my_reward": 1.0}
+'''
+
+
+def test_a_reward_registered_in_a_config_file_trains_through_smart_py(tmp_path, tiny_policy):
+    from midi_tokenizer import default_remi
+
+    plugin = tmp_path / "my_reward.py"
+    plugin.write_text(REWARD_PLUGIN)
+    run_dir = tmp_path / "run"
+    result = run_smart(
+        str(plugin), f"--BASE_MODEL_PATH={tiny_policy}", "--SOUNDFONT=timgm6mb", "--NUM_TRAIN_STEPS=2",
+        "--BATCH_SIZE=4", "--NUM_GENERATIONS=2", "--MAX_COMPLETION_LENGTH=32", "--SAVE_STEPS=2",
+        "--EVAL_SAMPLES=0", "--RENDER_WORKERS=1", f"--OUTPUT_DIR={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run_dir / "smart_config.json").read_text())["config"]["REWARD_WEIGHTS"] == {"my_reward": 1.0}
+
+    pitches = {token_id for token, token_id in default_remi().vocab.items() if token.startswith("Pitch_")}
+    for step in (0, 1):
+        rows = pq.read_table(run_dir / "rl_logs" / str(step) / "logs.parquet").to_pylist()
+        assert len(rows) == 4
+        for row in rows:
+            share = sum(token in pitches for token in row["completion"]) / len(row["completion"])
+            assert row["normalized_rewards"] == {"my_reward": pytest.approx(share)}
+            assert row["reward"] == pytest.approx(share) and not row["errors"]
+    log = json.loads((run_dir / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+    assert [entry["step"] for entry in log if "normalized_rewards/my_reward" in entry] == [1, 2]
+    assert all("seconds/PitchShareReward" in entry for entry in log if "reward" in entry)
+    assert (run_dir / "model.safetensors").is_file()
