@@ -47,13 +47,12 @@ from processors import (
 from prompts import list_midi_files
 from report import Evaluation, write_report
 from run_logs import read_run_logs, read_trainer_log
+from run_folder import RUN_CONFIG_FILE, read_run_config
 from run_record import RECORD_FILE
 from soundfonts import KNOWN_SOUNDFONTS, SoundfontNotFound, resolve_soundfont
 
 CHUNK = 8  # clips rendered and scored at once: bounds memory (a 10 s clip is 3.8 MB) and Audiobox's batch
 MP3 = "MP3" in soundfile.available_formats()  # libsndfile >= 1.1 encodes MP3
-# where smart.py saves a run's constants as {"config": {...}}: smart.RUN_CONFIG_FILE (config.json in early runs)
-RUN_CONFIG_FILES = ("smart_config.json", "config.json")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -67,12 +66,10 @@ def is_run_dir(folder: Path) -> bool:
 
 def base_model_of(run_dir: Path) -> str:
     """The BASE_MODEL_PATH a run was tuned from, read from the constants smart.py saved in the run folder."""
-    for name in RUN_CONFIG_FILES:
-        try:
-            return json.loads((run_dir / name).read_text())["config"]["BASE_MODEL_PATH"]
-        except (OSError, KeyError, TypeError, json.JSONDecodeError):
-            continue
-    raise ValueError(f"{run_dir} has no {' or '.join(RUN_CONFIG_FILES)} naming BASE_MODEL_PATH; "
+    config = read_run_config(run_dir)
+    if config is not None and "BASE_MODEL_PATH" in config:
+        return config["BASE_MODEL_PATH"]
+    raise ValueError(f"{run_dir} has no {RUN_CONFIG_FILE} naming BASE_MODEL_PATH; "
                      f"give the base model explicitly: evaluation.py base=MODEL tuned={run_dir}")
 
 

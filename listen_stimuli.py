@@ -38,7 +38,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
 import features
-from evaluation import RUN_CONFIG_FILES, audio_scores, is_model, load_audiobox, named_reward_processors
+from evaluation import audio_scores, is_model, load_audiobox, named_reward_processors
 from generate import (
     GenerationSettings, default_device, read_samples_csv, resolve_model_dir, sample_completions,
 )
@@ -49,6 +49,7 @@ from processors import (
 )
 from prompts import build_prompts, list_midi_files
 from reward_manager import write_wav
+from run_folder import read_run_config
 from soundfonts import SoundfontNotFound, resolve_soundfont
 
 MANIFEST = "manifest.json"
@@ -187,13 +188,7 @@ def study_prompts(systems: Mapping[str, str], settings: GenerationSettings) -> l
 def run_config_of(source: str) -> dict[str, Any] | None:
     """smart.py's saved constants for a run folder, or for a checkpoint inside one; None for anything else."""
     folder = Path(source)
-    for candidate in (folder, folder.parent):
-        for name in RUN_CONFIG_FILES:
-            try:
-                return json.loads((candidate / name).read_text())["config"]
-            except (OSError, KeyError, TypeError, json.JSONDecodeError):
-                continue
-    return None
+    return read_run_config(folder) or read_run_config(folder.parent)
 
 
 def choose_soundfont(requested: str | None, systems: Mapping[str, str]) -> tuple[str, str, str]:

@@ -20,6 +20,7 @@ from typing import Any
 from configurator import ConfigError, apply_values
 
 RUN_CONFIG_FILE = "smart_config.json"  # the resolved constants (config.json is the model's); not a setting
+LEGACY_CONFIG_FILE = "config.json"  # where the earliest runs saved them, beside nothing else of that name
 RUNS_DIR = Path("artefacts/runs")  # where a run without OUTPUT_DIR gets its own new folder
 STEP_FOLDERS = ("rl_logs", "midi", "audio")  # RewardManager's per-step output, one <step>/ folder each
 
@@ -34,6 +35,16 @@ def resumed_config(namespace: dict[str, Any], argv: list[str], run_dir: str) -> 
     values = {k: v for k, v in json.loads(saved.read_text())["config"].items() if k != "RESUME"}
     apply_values(namespace, {**values, "OUTPUT_DIR": run_dir}, str(saved))
     return {**values, "RESUME": run_dir, "OUTPUT_DIR": run_dir}
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """The constants smart.py saved in a run folder, or None when the folder holds none (not a run)."""
+    for name in (RUN_CONFIG_FILE, LEGACY_CONFIG_FILE):
+        try:
+            return json.loads((Path(run_dir) / name).read_text())["config"]
+        except (OSError, KeyError, TypeError, json.JSONDecodeError):
+            continue
+    return None
 
 
 def save_config(run_dir: Path, config: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from run_folder import read_run_config
 from soundfonts import file_digest, is_original
 
 RECORD_FILE = "run_record.json"
@@ -165,9 +166,9 @@ def differences(run_a: Path, run_b: Path) -> list[tuple[str, Any, Any]]:
     flat = []
     for run in (run_a, run_b):
         record = json.loads((Path(run) / RECORD_FILE).read_text())
-        config_file = Path(run) / "smart_config.json"
-        if config_file.is_file():
-            record["config"] = json.loads(config_file.read_text())["config"]
+        config = read_run_config(run)
+        if config is not None:
+            record["config"] = config
         flat.append(flatten(record))
     keys = sorted(set(flat[0]) | set(flat[1]))
     return [(key, flat[0].get(key), flat[1].get(key)) for key in keys if flat[0].get(key) != flat[1].get(key)]

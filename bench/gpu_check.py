@@ -62,6 +62,7 @@ import torch  # noqa: E402
 
 from bench.original import OriginalTinySoundfontRenderer  # noqa: E402
 from bench.reward_pipeline import fresh, original_decode, original_render, run_timed_smart, timed  # noqa: E402
+from run_folder import read_run_config  # noqa: E402
 from soundfonts import SoundfontNotFound, resolve_soundfont  # noqa: E402
 from standins import AUDIOBOX_HUB_ID, PAPER_POLICY_SIZE, POLICY_HUB_ID, fill_paper_hub_cache  # noqa: E402
 
@@ -150,7 +151,7 @@ def reward_stage_comparison(
     last = max(int(folder.name) for folder in (run_dir / "rl_logs").iterdir())
     records = [{**row, "normalized_rewards": {}, "errors": []}
                for row in pq.read_table(run_dir / "rl_logs" / str(last) / "logs.parquet").to_pylist()]
-    config = json.loads((run_dir / "smart_config.json").read_text())["config"]
+    config = read_run_config(run_dir)
     rate, seconds = config["SAMPLE_RATE"], config["MAX_AUDIO_DURATION"]
     remi = load_remi(POLICY_HUB_ID)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
@@ -235,7 +236,7 @@ def main(args: argparse.Namespace, workdir: Path) -> int:
         if not score_diff <= SCORE_TOLERANCE:
             print(f"MISMATCH: the reward stages disagree by more than {SCORE_TOLERANCE}")
             ok = False
-        sample_rate = json.loads((run_dir / "smart_config.json").read_text())["config"]["SAMPLE_RATE"]
+        sample_rate = read_run_config(run_dir)["SAMPLE_RATE"]
         print(bf16_difference(scores, audios, sample_rate))
     except Exception:  # any failure is the check's answer: print it and exit non-zero
         traceback.print_exc()
