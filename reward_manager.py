@@ -54,6 +54,16 @@ def is_broken(failed: int, total: int) -> bool:
     return failed >= 2 and 2 * failed > total
 
 
+def parquet_safe(table: pa.Table) -> pa.Table:
+    """The table with every struct column that has no fields (a dict that is empty in every row, e.g. no reward
+    at all in a step) stored as nulls: Parquet cannot write a struct without fields, and a step's log must not
+    crash the run."""
+    for index, field in reversed(list(enumerate(table.schema))):
+        if pa.types.is_struct(field.type) and field.type.num_fields == 0:
+            table = table.set_column(index, field.name, pa.nulls(len(table)))
+    return table
+
+
 class RewardManager:
     """Run ``processors`` on each batch and return the weighted mean of the rewards named in ``reward_weights``."""
 
@@ -179,7 +189,7 @@ class RewardManager:
             {**{key: value for key, value in record.items() if key not in NOT_LOGGED}, "errors": "; ".join(record["errors"])}
             for record in records
         ]
-        pq.write_table(pa.Table.from_pylist(rows), log_dir / log_name)
+        pq.write_table(parquet_safe(pa.Table.from_pylist(rows)), log_dir / log_name)
 
         midi_dir = self.output_dir / "midi" / str(step)
         midi_dir.mkdir(parents=True, exist_ok=True)

@@ -128,3 +128,17 @@ def test_ranks_write_separate_files(tmp_path):
 def test_zero_weights_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="non-zero weight"):
         RewardManager([], {"a": 0.0}, tmp_path)
+
+
+def test_a_step_where_no_record_got_a_reward_is_still_logged(tmp_path):
+    """One completion whose only processor failed: no reward at all, an empty dict that parquet cannot store as a
+    struct. The step is logged (reward 0 and the reason), not a crash halfway through a run."""
+
+    class Fails(Processor):
+        def __call__(self, records):
+            raise RuntimeError("broken on this record")
+
+    manager = RewardManager([Fails()], {"CE": 1.0}, tmp_path, audio_save_interval=1000)
+    assert call(manager, 1) == [0.0]
+    rows = pq.read_table(tmp_path / "rl_logs" / "0" / "logs.parquet").to_pylist()
+    assert len(rows) == 1 and rows[0]["reward"] == 0.0 and "broken on this record" in rows[0]["errors"]
