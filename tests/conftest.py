@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from standins import make_audiobox_checkpoint, make_tiny_policy
+from bench.standins import make_audiobox_checkpoint, make_tiny_policy
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository root: scripts run from here, as the README runs them
 

@@ -304,7 +304,7 @@ def test_hub_weights_whose_names_do_not_fit_the_model_are_refused(monkeypatch, a
     from audiobox_aesthetics.model.aes import AesMultiOutput
 
     import processors
-    from standins import AUDIOBOX_CONFIG
+    from bench.standins import AUDIOBOX_CONFIG
 
     layer = torch.nn.Linear(2, 2)
     check_weight_names(layer, {"weight", "bias"}, "a file")
