@@ -155,6 +155,6 @@ def test_the_network_probe_gives_up_on_a_hanging_lookup(monkeypatch):
     start = time.monotonic()
     try:
         assert soundfonts.network_reachable("https://ftp.example.invalid/x.sf3", timeout=0.5) is False
-        assert time.monotonic() - start < 5  # the probe's bound, not a performance target
+        assert time.monotonic() - start < 5  # 0.5 s timeout or the 30 s hang: no speed target
     finally:
         release.set()
