@@ -23,13 +23,14 @@ SAMPLE_RATE = 48000
 
 
 def records_of(scores):
-    return [{"idx": i, "sm": s, "sm_duration": score_seconds(s), "normalized_rewards": {}} for i, s in enumerate(scores)]
+    return [{"idx": i, "sm": s, "sm_duration": score_seconds(s), "normalized_rewards": {}}
+            for i, s in enumerate(scores)]
 
 
 def test_decode_crops_to_max_beats_and_reports_bad_ids():
     remi = default_remi()
     notes = []
-    for bar in range(40):  # 40 bars of 4/4 = 160 beats, longer than max_beats
+    for _ in range(40):  # 40 bars of 4/4 = 160 beats, longer than max_beats
         notes += ["Bar_None", "Position_0", "Pitch_60", "Velocity_63", "Duration_4.0.12"]
     ids = [remi.vocab[t] for t in ["Bar_None", "TimeSig_4/4", "Position_0", "Tempo_120.0"] + notes[1:]]
     records = [{"prompt_and_completion": ids}, {"prompt_and_completion": ids[:10] + [10_000, -1]}]

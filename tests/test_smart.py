@@ -10,13 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import soundfonts
 from conftest import ROOT
 from preflight import check_config
-import soundfonts
 from soundfonts import SoundfontNotFound, resolve_soundfont
 
 PAPER_DEFAULTS = dict(
-    SEED=1, TRAINER_SEED=42, NUM_GENERATIONS=8, TEMPERATURE=1.0, NUM_ITERATIONS=1, SCALE_REWARDS=True, NUM_TRAIN_STEPS=200,
+    SEED=1, TRAINER_SEED=42, NUM_GENERATIONS=8, TEMPERATURE=1.0, NUM_ITERATIONS=1, SCALE_REWARDS=True,
+    NUM_TRAIN_STEPS=200,
     LEARNING_RATE=1e-4, SCHEDULE_TYPE="linear", BETA=0.04, USE_BF16=True, GRADIENT_ACCUMULATION_STEPS=1,
     BATCH_SIZE=64, SAVE_STEPS=20, PROMPT_SOURCE="procedural", SAMPLE_RATE=48000, SOUNDFONT="musescore",
     REWARD_WEIGHTS={"CE": 1.0}, MAX_COMPLETION_LENGTH=256, MAX_BEATS=100, MAX_AUDIO_DURATION=10,
