@@ -1,6 +1,8 @@
 # Two commands take a fresh machine from nothing to a result:
 #   make test    set up .venv, install Chromium for the study page's browser test (Debian), run the test suite
 #   make local   set up .venv and run the offline SMART preset (python smart.py config/local.py)
+# Before a commit, and in CI (.ci/run) before the tests:
+#   make lint    ruff check . with the rules in pyproject.toml
 # On a GPU box:
 #   make setup CUDA=cu126   torch's build for another CUDA version (README: Running on a GPU box)
 #   make gpu-check          the paper's default path at the paper's size with stand-ins: stage times, memory, speedups
@@ -16,7 +18,7 @@ TORCH_PINS := $(shell grep -E '^torch(audio)?==' requirements.txt | cut -d' ' -f
 # The browser test of listen.py's study page drives Debian's chromium through chromedriver (root or sudo).
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup browser test local gpu-check
+.PHONY: setup browser test lint local gpu-check
 
 setup: $(VENV)/.installed
 
@@ -36,6 +38,9 @@ browser:
 
 test: setup browser
 	LISTEN_REQUIRE_BROWSER=1 $(PY) -m pytest -q tests
+
+lint: setup
+	$(PY) -m ruff check .
 
 local: setup
 	$(PY) smart.py config/local.py

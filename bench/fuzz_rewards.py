@@ -34,7 +34,8 @@ from pathlib import Path
 import miditok
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if not __package__:  # run as `python bench/x.py`, which puts bench/ on the path: the repository root instead
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from midi_tokenizer import default_remi  # noqa: E402
 from processors import (  # noqa: E402

@@ -35,7 +35,8 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+if not __package__:  # run as `python bench/x.py`, which puts bench/ on the path: the repository root instead
+    sys.path.insert(0, str(ROOT))
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -62,9 +63,9 @@ import torch  # noqa: E402
 
 from bench.original import OriginalTinySoundfontRenderer  # noqa: E402
 from bench.reward_pipeline import fresh, original_decode, original_render, run_timed_smart, timed  # noqa: E402
+from bench.standins import AUDIOBOX_HUB_ID, PAPER_POLICY_SIZE, POLICY_HUB_ID, fill_paper_hub_cache  # noqa: E402
 from run_folder import read_run_config  # noqa: E402
 from soundfonts import SoundfontNotFound, resolve_soundfont  # noqa: E402
-from standins import AUDIOBOX_HUB_ID, PAPER_POLICY_SIZE, POLICY_HUB_ID, fill_paper_hub_cache  # noqa: E402
 
 TINY = ["--BATCH_SIZE=2", "--NUM_GENERATIONS=2", "--MAX_COMPLETION_LENGTH=32"]  # --tiny: a CPU can run it
 SCORE_TOLERANCE = 1e-3  # on the 1-10 scale; cuDNN/TF32 kernels differ from the CPU reference by ~1e-4

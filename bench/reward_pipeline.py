@@ -36,7 +36,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+if not __package__:  # run as `python bench/x.py`, which puts bench/ on the path: the repository root instead
+    sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -73,7 +74,7 @@ def load_policy(workdir: Path) -> tuple[str, str, torch.nn.Module]:
     if (SHIPPED_MODEL / "config.json").is_file():
         path, name = SHIPPED_MODEL, "models/piano-tiny"
     else:
-        from standins import make_tiny_policy
+        from bench.standins import make_tiny_policy
 
         path = make_tiny_policy(workdir / "policy", hidden_size=64, layers=2)
         name = "a tiny random Phi-3 (no models/piano-tiny)"
@@ -211,7 +212,7 @@ def weight_free_rewards(records: list[dict]) -> list[dict]:
 def random_audiobox_checkpoint(workdir: Path) -> str:
     path = workdir / "audiobox.pt"
     if not path.exists():
-        from standins import make_audiobox_checkpoint
+        from bench.standins import make_audiobox_checkpoint
 
         make_audiobox_checkpoint(path)
     return str(path)
@@ -475,7 +476,7 @@ def main() -> None:
         preset = args.e2e_preset
         if args.e2e_paper_size_policy:
             preset = "" if preset is None else preset
-            from standins import PAPER_POLICY_SIZE, make_tiny_policy
+            from bench.standins import PAPER_POLICY_SIZE, make_tiny_policy
 
             policy = make_tiny_policy(workdir / "phi3-4x512", **PAPER_POLICY_SIZE, seed=SEED)
             overrides.append(f"BASE_MODEL_PATH={policy}")

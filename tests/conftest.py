@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.standins import make_audiobox_checkpoint, make_tiny_policy
 
-from standins import make_audiobox_checkpoint, make_tiny_policy  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # the repository root: scripts run from here, as the README runs them
 
 
 @pytest.fixture(scope="session")

@@ -17,12 +17,12 @@ import pytest
 import symusic
 
 import evaluation
+from bench.standins import make_tiny_policy
 from features import FEATURES
 from run_logs import read_run_logs
 from generate import GenerationSettings
 from report import holm, permutation_p_value
 from soundfonts import resolve_soundfont
-from test_generate import save_tiny_model
 
 PAPER_COLUMNS = list(FEATURES)
 
@@ -175,7 +175,7 @@ def fake_run(tmp_path: Path, model: Path) -> Path:
 
 
 def test_a_run_folder_alone_is_its_base_model_against_its_tuned_model(tmp_path: Path):
-    model = save_tiny_model(tmp_path / "base_model")
+    model = make_tiny_policy(tmp_path / "base_model")
     run = fake_run(tmp_path, model)
     systems, found = evaluation.parse_systems([str(run)])
     assert systems == {"base": str(model), "tuned": str(run)} and found == run
@@ -189,7 +189,7 @@ def test_a_run_folder_alone_is_its_base_model_against_its_tuned_model(tmp_path: 
 
 
 def test_same_model_same_prompts_gives_identical_samples_and_training_curves(tmp_path: Path):
-    model = save_tiny_model(tmp_path / "base_model")
+    model = make_tiny_policy(tmp_path / "base_model")
     run = fake_run(tmp_path, model)
     config = {"BASE_MODEL_PATH": str(model), "PROMPT_SOURCE": "procedural", "PROMPT_MIDI_DIR": None, "SEED": 1,
               "MAX_COMPLETION_LENGTH": 64, "TEMPERATURE": 1.0, "TOP_K": 50, "TOP_P": 1.0, "MAX_BEATS": 100,
@@ -207,7 +207,7 @@ def test_same_model_same_prompts_gives_identical_samples_and_training_curves(tmp
 
 
 def test_generation_settings_reach_the_report(folders, tmp_path: Path):
-    model = save_tiny_model(tmp_path / "m")
+    model = make_tiny_policy(tmp_path / "m")
     settings = GenerationSettings(n=2, max_new_tokens=16, seed=3)
     evaluation.evaluate_systems({"model": model, "mono": folders[0]}, tmp_path / "out", generation=settings,
                               soundfont=None, permutations=9)
@@ -219,7 +219,7 @@ def test_generation_settings_reach_the_report(folders, tmp_path: Path):
 
 def test_the_end_of_run_report_renders_as_the_run_did(tmp_path: Path):
     """evaluate_run takes the run's SAMPLE_RATE, MAX_AUDIO_DURATION, MAX_BEATS and recorded soundfont file."""
-    model = save_tiny_model(tmp_path / "base_model")
+    model = make_tiny_policy(tmp_path / "base_model")
     run = fake_run(tmp_path, model)
     recorded = tmp_path / "elsewhere" / "recorded.sf2"  # the file the run used; its name resolves nowhere
     recorded.parent.mkdir()

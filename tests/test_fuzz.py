@@ -2,7 +2,6 @@
 raising, gets a reward in [0, 1], and has its reason logged in the step's parquet ``errors`` column."""
 
 import math
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -115,18 +114,15 @@ def test_any_token_sequence_gets_a_finite_reward_with_its_reason_logged(tmp_path
     assert sum(seen) >= 1000
 
 
-def test_a_10000_note_chord_costs_under_a_second_of_cpu(tmp_path, soundfont):
-    """At the real settings (48 kHz, 10 s): the chord must not stall a reward step. CPU time, not wall time,
-    so that other processes on the machine do not make the test flaky."""
+def test_a_10000_note_chord_is_decoded_rendered_and_scored_without_a_fallback(tmp_path, soundfont):
+    """At the real settings (48 kHz, 10 s), on one pitch and spread over the keyboard. What such a chord costs a
+    reward step is a figure of bench/fuzz_rewards.py (its huge_chord generator), not a test."""
     manager = weight_free_chain(tmp_path, soundfont, DEFAULT_SAMPLE_RATE, DEFAULT_MAX_AUDIO_SECONDS)
     completions = [chord(10_000, 39, spread_pitches=False), chord(10_000, 0, spread_pitches=True)]
-    manager(prompts=[""] * 2, completion_ids=completions[:1], prompt_ids=[PROMPT_IDS])  # warm-up
-    start = time.process_time()
-    rewards = manager(prompts=[""] * 2, completion_ids=completions, prompt_ids=[PROMPT_IDS] * 2)
-    elapsed = time.process_time() - start
-    print(f"two 10,000-note chords: {elapsed:.2f} s of CPU")
-    assert elapsed < 2.0  # about 0.3 s each
-    assert all(0.0 <= r <= 1.0 for r in rewards)
+    manager(prompts=[""] * 2, completion_ids=completions, prompt_ids=[PROMPT_IDS] * 2)
+    rows = pq.read_table(tmp_path / "rl_logs" / "0" / "logs.parquet").to_pylist()
+    assert [row["errors"] for row in rows] == ["", ""]  # no processor failed on it, no reward fell back
+    assert all(row["normalized_rewards"]["audio_activity"] > 0 for row in rows)  # and the chord sounds
 
 
 @pytest.mark.parametrize(
@@ -139,17 +135,15 @@ def test_a_10000_note_chord_costs_under_a_second_of_cpu(tmp_path, soundfont):
     ],
     ids=["1000-beat note", "10000-note chord of 1000 beats", "clicks", "empty"],
 )
-def test_pathological_scores_render_and_score_in_bounded_time(soundfont, notes):
+def test_pathological_scores_render_at_most_10_s_and_score_in_bounds(soundfont, notes):
     """Scores no token sequence of this vocabulary can express (its longest note is 4 beats), but another
-    tokenizer's could: the renderer and the rewards still give finite values, within a bounded time."""
+    tokenizer's could: the renderer stops at 10 s and the rewards still give finite values."""
     score = make_score(notes)
     records = [score_record(0, score)]
     processors = (TinySoundfontSynthProcessor(soundfont, DEFAULT_SAMPLE_RATE), ScaleConsistencyReward(),
                   NoteDensityReward(), FilledBeatsReward(), AudioActivityReward())
-    start = time.process_time()
     for processor in processors:
         processor(records)
-    assert time.process_time() - start < 4.0  # CPU seconds; about 1.2 for the 10,000 held notes
     audio = records[0]["audio"]
     assert audio.shape[1] <= DEFAULT_MAX_AUDIO_SECONDS * DEFAULT_SAMPLE_RATE and np.isfinite(audio).all()
     assert all(0.0 <= v <= 1.0 for v in records[0]["normalized_rewards"].values())

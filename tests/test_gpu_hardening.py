@@ -13,6 +13,7 @@ import sys
 import time
 import types
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ import devices
 import preflight
 import render_pool
 from conftest import ROOT
-from processors import AES_AXES, AudioBoxAesRewardProcessor, Processor, check_weight_names, load_aes_predictor
+from processors import AudioBoxAesRewardProcessor, Processor, check_weight_names, load_aes_predictor
 from render_pool import RenderPool, cgroup_cpu_limit, default_render_workers
 from renderer import RenderSettings
 from reward_manager import ProcessorFailed, RewardManager
@@ -38,7 +39,8 @@ class NvidiaSmi:
     def __call__(self, command, **kwargs):
         if command == ["nvidia-smi", "-L"]:
             return subprocess.CompletedProcess(command, 0, "GPU 0: Tesla V100-SXM2-16GB (UUID: GPU-1234)\n", "")
-        return subprocess.CompletedProcess(command, 0, "| NVIDIA-SMI 550.54  Driver Version: 550.54  CUDA Version: 12.4 |", "")
+        header = "| NVIDIA-SMI 550.54  Driver Version: 550.54  CUDA Version: 12.4 |"
+        return subprocess.CompletedProcess(command, 0, header, "")
 
 
 def on_path(*names):
@@ -46,7 +48,8 @@ def on_path(*names):
 
 
 def cuda_unavailable():
-    warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 12040).")
+    warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 12040).",
+                  stacklevel=2)
     return False
 
 
@@ -54,9 +57,9 @@ def test_a_gpu_that_torch_cannot_use_stops_the_run_naming_the_build_to_install(m
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", cuda_unavailable)
     [problem] = preflight.gpu_problems(which=on_path("nvidia-smi", "gcc"), run=NvidiaSmi())
-    for part in ("nvidia-smi sees Tesla V100-SXM2-16GB", f"torch {torch.__version__}", "driver on your system is too old",
-                 "would run on the CPU", "The driver supports CUDA 12.4", "make setup CUDA=cu126",
-                 "CUDA_VISIBLE_DEVICES= python smart.py"):
+    for part in ("nvidia-smi sees Tesla V100-SXM2-16GB", f"torch {torch.__version__}",
+                 "driver on your system is too old", "would run on the CPU", "The driver supports CUDA 12.4",
+                 "make setup CUDA=cu126", "CUDA_VISIBLE_DEVICES= python smart.py"):
         assert part in problem, problem
 
 
@@ -136,7 +139,7 @@ def worker_pids(launcher_pid: int) -> dict[int, int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
             except OSError:
                 continue
             children.setdefault(ppid, []).append(int(entry))
@@ -146,8 +149,8 @@ def worker_pids(launcher_pid: int) -> dict[int, int]:
         todo += children.get(pid, [])
         try:
             environ = dict(item.split("=", 1) for item in
-                           open(f"/proc/{pid}/environ").read().split("\0") if "=" in item)
-            cmdline = open(f"/proc/{pid}/cmdline").read()
+                           Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_text()
         except OSError:
             continue
         if "smart.py" in cmdline and "RANK" in environ and "--fork-server" not in cmdline:
@@ -294,10 +297,9 @@ def test_clips_per_forward_comes_from_the_constant_or_the_free_gpu_memory(audiob
 
 def test_exact_fp32_turns_tf32_off_and_restores_it_even_after_an_error(tf32_on):
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    with pytest.raises(KeyError):
-        with devices.exact_fp32():
-            assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
-            raise KeyError("inside")
+    with pytest.raises(KeyError), devices.exact_fp32():
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+        raise KeyError("inside")
     assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
 
 
@@ -305,7 +307,7 @@ def test_hub_weights_whose_names_do_not_fit_the_model_are_refused(monkeypatch, a
     from audiobox_aesthetics.model.aes import AesMultiOutput
 
     import processors
-    from standins import AUDIOBOX_CONFIG
+    from bench.standins import AUDIOBOX_CONFIG
 
     layer = torch.nn.Linear(2, 2)
     check_weight_names(layer, {"weight", "bias"}, "a file")
@@ -355,9 +357,9 @@ def test_policy_init_kwargs(device, distributed, fp32_weights, expected):
 
 def test_trl_loads_policy_and_reference_with_the_single_device_map(monkeypatch, tiny_policy, tmp_path):
     """A GRPOTrainer built as smart.py builds it (one process) hands both models our device_map unchanged."""
+    import trl.trainer.grpo_trainer as grpo
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
-    import trl.trainer.grpo_trainer as grpo
 
     from midi_tokenizer import load_tokenizers
 

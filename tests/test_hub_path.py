@@ -14,9 +14,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from bench.standins import AUDIOBOX_HUB_ID, POLICY_HUB_ID, fill_paper_hub_cache
 from conftest import ROOT
 from run_record import RECORD_FILE, differences
-from standins import AUDIOBOX_HUB_ID, POLICY_HUB_ID, fill_paper_hub_cache
 
 
 @pytest.fixture(scope="module")

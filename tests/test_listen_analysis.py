@@ -35,7 +35,7 @@ def synthetic_study(folder: Path, difference: float, seed: int) -> Path:
     (folder / MANIFEST).write_text(json.dumps({"systems": {"base": "a", "tuned": "b"}, "clips": clips}))
     store = ResponseStore(folder / DATABASE)
     order_rng = np.random.default_rng(seed + 1)
-    for person in range(PARTICIPANTS):
+    for _ in range(PARTICIPANTS):
         bias = rng.normal(0, 1.0)
         order = trial_order(sorted(quality), 2, __import__("random").Random(int(order_rng.integers(1 << 30))))
         participant = store.add_participant(order, "synthetic")

@@ -19,7 +19,13 @@ import soundfile
 import listen
 from listen_helpers import write_pieces
 from listen_stimuli import (
-    GORILLA_CSV, MANIFEST, PEAK_CEILING_DB, STUDY_GENERATION, WEIGHT_FREE_REWARDS, build_study, integrated_loudness,
+    GORILLA_CSV,
+    MANIFEST,
+    PEAK_CEILING_DB,
+    STUDY_GENERATION,
+    WEIGHT_FREE_REWARDS,
+    build_study,
+    integrated_loudness,
     loudness_target,
 )
 from soundfonts import resolve_soundfont

@@ -1,7 +1,5 @@
 """The processor chain: decode, render (equal to the original method), Audiobox scores, weight-free rewards."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -31,7 +29,7 @@ def records_of(scores):
 def test_decode_crops_to_max_beats_and_reports_bad_ids():
     remi = default_remi()
     notes = []
-    for bar in range(40):  # 40 bars of 4/4 = 160 beats, longer than max_beats
+    for _ in range(40):  # 40 bars of 4/4 = 160 beats, longer than max_beats
         notes += ["Bar_None", "Position_0", "Pitch_60", "Velocity_63", "Duration_4.0.12"]
     ids = [remi.vocab[t] for t in ["Bar_None", "TimeSig_4/4", "Position_0", "Tempo_120.0"] + notes[1:]]
     records = [{"prompt_and_completion": ids}, {"prompt_and_completion": ids[:10] + [10_000, -1]}]
@@ -56,7 +54,6 @@ def test_render_equals_the_original_method_over_many_scores_in_sequence(soundfon
         assert np.abs(record["audio"] - expected).max() <= 1e-5
         assert record["audio_duration"] == expected.shape[1] / SAMPLE_RATE
     assert any(np.abs(r["audio"]).max() > 0.99 for r in records)  # real audio, peak-normalised
-    assert records_of([])[:0] == []
 
 
 def test_render_of_an_empty_score_is_one_second_of_silence(soundfont):
@@ -115,7 +112,6 @@ def test_audio_activity_reward_on_synthetic_audio():
     )
     values = [r["normalized_rewards"]["audio_activity"] for r in records]
     assert values == pytest.approx([1.0, 0.5, 0.1, 0.0])
-    assert all(math.isfinite(v) for v in values)
 
 
 def test_the_original_readme_custom_processor_example_runs(tmp_path, soundfont):

@@ -16,7 +16,8 @@ def test_procedural_prompts_have_the_original_layout_and_are_seeded(remi):
     prompts = build_prompts("procedural", remi, 50, seed=3)
     for prompt in prompts:
         tokens = prompt.split()
-        assert [t.split("_")[0] for t in tokens] == ["Bar", "TimeSig", "Position", "Tempo", "Pitch", "Velocity", "Duration"]
+        kinds = [t.split("_")[0] for t in tokens]
+        assert kinds == ["Bar", "TimeSig", "Position", "Tempo", "Pitch", "Velocity", "Duration"]
         assert tokens[2] == "Position_0" and all(t in remi.vocab for t in tokens)
     assert prompts == build_prompts("procedural", remi, 50, seed=3)
     assert len(set(prompts)) > 40 and prompts != build_prompts("procedural", remi, 50, seed=4)

@@ -12,7 +12,7 @@ import pytest
 from bench.original import OriginalTinySoundfontRenderer
 from processors import DEFAULT_SAMPLE_RATE as SAMPLE_RATE
 from processors import TinySoundfontSynthProcessor, crop_score, score_record, score_seconds
-from render_pool import RenderPool, default_render_workers
+from render_pool import RenderPool
 from renderer import RenderSettings, SoundfontRenderer
 from scores import make_score, random_scores
 
@@ -188,7 +188,6 @@ def test_pool_arguments_are_checked(tmp_path):
     with pytest.raises(RuntimeError, match="could not load"):
         processor(records_of([make_score([(0, 1, 60, 80)])]))
     assert processor.pool.closed
-    assert default_render_workers() >= 1
 
 
 def test_the_render_settings_reach_the_workers_as_one_value(soundfont):

@@ -4,13 +4,12 @@ numbered on, and no artefact of a completed step rewritten (redone steps' old fi
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import re
 
 import pyarrow.parquet as pq
 
@@ -80,7 +79,8 @@ def test_sigkill_then_resume_then_sigterm_then_resume_continues_the_run(tmp_path
     stopped = re.search(rf"stopped at step (\d+); continue with: python smart.py --RESUME={run_dir}\n", output)
     assert stopped is not None and 3 <= int(stopped.group(1)) < STEPS, output[-2000:]
     stop_step = int(stopped.group(1))
-    assert json.loads((run_dir / f"checkpoint-{stop_step}" / "trainer_state.json").read_text())["global_step"] == stop_step
+    state = json.loads((run_dir / f"checkpoint-{stop_step}" / "trainer_state.json").read_text())
+    assert state["global_step"] == stop_step
 
     # 3. Resumed again: runs to the end.
     output = finish(start_smart([f"--RESUME={run_dir}"], tmp_path / "third.log"), tmp_path / "third.log")

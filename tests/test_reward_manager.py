@@ -57,7 +57,8 @@ def test_each_step_writes_logs_midi_and_audio_at_the_interval(tmp_path):
         assert (tmp_path / "rl_logs" / str(step) / "logs.parquet").is_file()
         assert sorted(p.name for p in (tmp_path / "midi" / str(step)).iterdir()) == [
             "reward=0.2000_0.mid", "reward=0.2000_1.mid"]
-        assert pq.read_table(tmp_path / "rl_logs" / str(step) / "logs.parquet").column("reward_step").to_pylist() == [step] * 2
+        logged_steps = pq.read_table(tmp_path / "rl_logs" / str(step) / "logs.parquet").column("reward_step")
+        assert logged_steps.to_pylist() == [step] * 2
     assert sorted(p.name for p in (tmp_path / "audio").iterdir()) == ["0", "2"]
     audio, rate = soundfile.read(tmp_path / "audio" / "2" / "reward=0.2000_1.wav")
     assert rate == 8000 and np.allclose(audio.T, [[0.0, 0.5], [0.0, -0.5]], atol=1 / 32768)
@@ -121,7 +122,8 @@ def test_ranks_write_separate_files(tmp_path):
     for rank in range(2):
         manager = RewardManager([FixedRewards([{"a": 0.2}])], {"a": 1.0}, tmp_path, process_index=rank, num_processes=2)
         call(manager, 1)
-    assert sorted(p.name for p in (tmp_path / "rl_logs" / "0").iterdir()) == ["logs.rank0.parquet", "logs.rank1.parquet"]
+    logs = sorted(p.name for p in (tmp_path / "rl_logs" / "0").iterdir())
+    assert logs == ["logs.rank0.parquet", "logs.rank1.parquet"]
     assert len(list((tmp_path / "midi" / "0").iterdir())) == 2
 
 

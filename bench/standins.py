@@ -1,5 +1,8 @@
 """Same-architecture stand-ins for the downloads the real run needs, built locally with random weights.
 
+The benchmarks (``make gpu-check`` runs the paper's path on them) and the tests (tests/conftest.py) share them;
+they live here so that the tests import from bench/ and bench/ never imports from the tests.
+
 - ``make_tiny_policy``: a small random Phi-3 with the project's REMI tokenizer, saved like the hub model.
 - ``make_audiobox_checkpoint``: a random-weight Audiobox Aesthetics ``checkpoint.pt`` in the format
   ``audiobox_aesthetics.infer.initialize_predictor(ckpt=...)`` loads (stack.md §C). Its head is perturbed so
