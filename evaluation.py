@@ -37,17 +37,32 @@ from transformers.trainer_utils import get_last_checkpoint
 
 import features
 from generate import (
-    GenerationSettings, add_generation_arguments, generate_pieces, has_weights, is_hub_id, read_samples_csv,
-    resolve_model_dir, settings_from_arguments,
+    GenerationSettings,
+    add_generation_arguments,
+    generate_pieces,
+    has_weights,
+    is_hub_id,
+    read_samples_csv,
+    resolve_model_dir,
+    settings_from_arguments,
 )
 from processors import (
-    AES_AXES, DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SAMPLE_RATE, AudioBoxAesRewardProcessor, Processor, REWARD_PROCESSORS,
-    RewardSettings, TinySoundfontSynthProcessor, crop_score, reward_processors_for, score_record,
+    AES_AXES,
+    DEFAULT_MAX_AUDIO_SECONDS,
+    DEFAULT_SAMPLE_RATE,
+    REWARD_PROCESSORS,
+    AudioBoxAesRewardProcessor,
+    Processor,
+    RewardSettings,
+    TinySoundfontSynthProcessor,
+    crop_score,
+    reward_processors_for,
+    score_record,
 )
 from prompts import list_midi_files
 from report import Evaluation, write_report
-from run_logs import read_run_logs, read_trainer_log
 from run_folder import RUN_CONFIG_FILE, read_run_config
+from run_logs import read_run_logs, read_trainer_log
 from run_record import RECORD_FILE
 from soundfonts import KNOWN_SOUNDFONTS, SoundfontNotFound, resolve_soundfont
 

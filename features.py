@@ -18,7 +18,7 @@ piano rolls), as in muspy; note count, velocities and beat occupancy use every t
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import symusic

@@ -27,7 +27,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from midi_tokenizer import load_tokenizers
 from processors import (
-    DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SAMPLE_RATE, MidiTokToSymusicProcessor, TinySoundfontSynthProcessor,
+    DEFAULT_MAX_AUDIO_SECONDS,
+    DEFAULT_SAMPLE_RATE,
+    MidiTokToSymusicProcessor,
+    TinySoundfontSynthProcessor,
     score_seconds,
 )
 from prompts import PROMPT_SOURCES, build_prompts

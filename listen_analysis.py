@@ -35,14 +35,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
 
-from listen_server import DATABASE, ResponseStore  # noqa: E402
-from listen_stimuli import load_manifest  # noqa: E402
-from report import fmt, holm, markdown_table  # noqa: E402
+from listen_server import DATABASE, ResponseStore
+from listen_stimuli import load_manifest
+from report import fmt, holm, markdown_table
 
 ANALYSIS_DIR = "analysis"
 EXACT_MAX_PARTICIPANTS = 16  # 2^16 sign patterns are enumerated in well under a second

@@ -40,12 +40,22 @@ from transformers import AutoModelForCausalLM
 import features
 from evaluation import audio_scores, is_model, load_audiobox, named_reward_processors
 from generate import (
-    GenerationSettings, default_device, read_samples_csv, resolve_model_dir, sample_completions,
+    GenerationSettings,
+    default_device,
+    read_samples_csv,
+    resolve_model_dir,
+    sample_completions,
 )
 from midi_tokenizer import load_tokenizers
 from processors import (
-    AES_AXES, DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SAMPLE_RATE, REWARD_PROCESSORS, MidiTokToSymusicProcessor,
-    TinySoundfontSynthProcessor, crop_score, score_seconds,
+    AES_AXES,
+    DEFAULT_MAX_AUDIO_SECONDS,
+    DEFAULT_SAMPLE_RATE,
+    REWARD_PROCESSORS,
+    MidiTokToSymusicProcessor,
+    TinySoundfontSynthProcessor,
+    crop_score,
+    score_seconds,
 )
 from prompts import build_prompts, list_midi_files
 from reward_manager import write_wav

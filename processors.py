@@ -28,8 +28,8 @@ import symusic
 import torch
 
 import features
-from features import AES_AXES, score_seconds
 from devices import compute_device, exact_fp32
+from features import AES_AXES, score_seconds
 from render_pool import RenderPool
 from renderer import RenderSettings, SoundfontRenderer
 

@@ -29,7 +29,8 @@ def tokens_of_kind(remi: miditok.MusicTokenizer, kind: str) -> list[str]:
 
 
 def _procedural(remi: miditok.MusicTokenizer, rng: random.Random, with_note: bool) -> list[str]:
-    tokens = ["Bar_None", rng.choice(tokens_of_kind(remi, "TimeSig")), "Position_0", rng.choice(tokens_of_kind(remi, "Tempo"))]
+    time_signature, tempo = rng.choice(tokens_of_kind(remi, "TimeSig")), rng.choice(tokens_of_kind(remi, "Tempo"))
+    tokens = ["Bar_None", time_signature, "Position_0", tempo]
     if with_note:
         tokens += [rng.choice(tokens_of_kind(remi, kind)) for kind in ("Pitch", "Velocity", "Duration")]
     return tokens

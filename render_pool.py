@@ -28,6 +28,7 @@ render starts from the same flushed synth (tests/test_render_pool.py checks many
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -245,17 +246,13 @@ class _Worker:
     def wait_until_ready(self) -> None:
         """Read the worker's first message, its pid (a worker that died before sending it keeps ``pid`` None)."""
         if self.pid is None:
-            try:
+            with contextlib.suppress(EOFError, OSError):
                 self.pid = self.inbox.recv()[1]
-            except (EOFError, OSError):
-                pass
 
     def stop(self, timeout: float) -> None:
         """Ask the worker to exit and wait (its end of file) up to ``timeout`` seconds, then kill it."""
-        try:
+        with contextlib.suppress(OSError):  # the worker is gone already
             self.outbox.send(None)
-        except OSError:
-            pass
         self.outbox.close()
         deadline = time.monotonic() + timeout
         try:

@@ -19,13 +19,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import symusic  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import symusic
 
-import features  # noqa: E402
-from features import AES_AXES  # noqa: E402
+import features
+from features import AES_AXES
 
 ID_COLUMNS = ("system", "sample", "prompt", "midi_path", "audio_file")
 AES_TITLES = {

@@ -186,7 +186,8 @@ class RewardManager:
         log_dir.mkdir(parents=True, exist_ok=True)
         log_name = "logs.parquet" if self.num_processes == 1 else f"logs.rank{self.process_index}.parquet"
         rows = [
-            {**{key: value for key, value in record.items() if key not in NOT_LOGGED}, "errors": "; ".join(record["errors"])}
+            {**{key: value for key, value in record.items() if key not in NOT_LOGGED},
+             "errors": "; ".join(record["errors"])}
             for record in records
         ]
         pq.write_table(parquet_safe(pa.Table.from_pylist(rows)), log_dir / log_name)

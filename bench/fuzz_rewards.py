@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 if not __package__:  # run as `python bench/x.py`, which puts bench/ on the path: the repository root instead
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from midi_tokenizer import default_remi  # noqa: E402
-from processors import (  # noqa: E402
+from midi_tokenizer import default_remi
+from processors import (
     DEFAULT_MAX_AUDIO_SECONDS,
     DEFAULT_SAMPLE_RATE,
     MidiTokToSymusicProcessor,
@@ -46,8 +46,8 @@ from processors import (  # noqa: E402
     TinySoundfontSynthProcessor,
     reward_processors_for,
 )
-from reward_manager import RewardManager  # noqa: E402
-from soundfonts import resolve_soundfont  # noqa: E402
+from reward_manager import RewardManager
+from soundfonts import resolve_soundfont
 
 WEIGHTS = {"scale_consistency": 1.0, "note_density": 1.0, "filled_beats": 1.0, "audio_activity": 1.0}
 PROMPT = ["Bar_None", "TimeSig_4/4", "Position_0", "Tempo_120.0"]

@@ -170,7 +170,6 @@ def reward_stage_comparison(
 
     reference.forward([{"path": torch.zeros(2, rate), "sample_rate": rate}])  # warm-up outside the timing
     t_score_a, expected = timed(score_reference, 1)
-    del reference
 
     decoder = MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=config["MAX_BEATS"])
     workers = config["RENDER_WORKERS"] or default_render_workers(len(records))

@@ -17,9 +17,10 @@ absent). In one process, on identical inputs, it then times
       same with 1 worker (in-process: avoided work only, no parallelism);
 
 checks the audio and every weight-free reward agree, times the render stage again with the same scores re-timed to
-fixed tempi (the avoided work is the audio past 10 s, so it grows as the tempo falls), times the Audiobox stage (the reference predictor vs the
-batched forward; a random-weight checkpoint when no real one is given), then times whole GRPO steps of the
-offline preset (config/local.py) and ends with ``speedup: X.XX`` = (a) / (b) over decode + render.
+fixed tempi (the avoided work is the audio past 10 s, so it grows as the tempo falls), times the Audiobox stage
+(the reference predictor vs the batched forward; a random-weight checkpoint when no real one is given), then times
+whole GRPO steps of the offline preset (config/local.py) and ends with ``speedup: X.XX`` = (a) / (b) over decode +
+render.
 """
 
 from __future__ import annotations
@@ -45,9 +46,20 @@ import torch  # noqa: E402
 from bench.original import OriginalTinySoundfontRenderer  # noqa: E402
 from midi_tokenizer import load_tokenizers  # noqa: E402
 from processors import (  # noqa: E402
-    AES_AXES, AudioActivityReward, AudioBoxAesRewardProcessor, FilledBeatsReward, MidiTokToSymusicProcessor,
-    DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_SAMPLE_RATE, NoteDensityReward, ScaleConsistencyReward,
-    Record, TinySoundfontSynthProcessor, completion_record, crop_score, score_seconds,
+    AES_AXES,
+    DEFAULT_MAX_AUDIO_SECONDS,
+    DEFAULT_SAMPLE_RATE,
+    AudioActivityReward,
+    AudioBoxAesRewardProcessor,
+    FilledBeatsReward,
+    MidiTokToSymusicProcessor,
+    NoteDensityReward,
+    Record,
+    ScaleConsistencyReward,
+    TinySoundfontSynthProcessor,
+    completion_record,
+    crop_score,
+    score_seconds,
 )
 from prompts import build_prompts, tokens_of_kind  # noqa: E402
 from render_pool import available_cores, default_render_workers  # noqa: E402
@@ -189,8 +201,8 @@ def tempo_sweep(records: list[dict], original: OriginalTinySoundfontRenderer,
     for bpm in (40, 60, 80, 120, 200):
         batch = retimed(records, bpm)
         durations = np.array([r["sm_duration"] for r in batch])
-        t_a, a = timed(lambda: original_render(original, [dict(r) for r in batch]), repeats)
-        t_b, b = timed(lambda: in_process([dict(r) for r in batch]), repeats)
+        t_a, a = timed(lambda batch=batch: original_render(original, [dict(r) for r in batch]), repeats)
+        t_b, b = timed(lambda batch=batch: in_process([dict(r) for r in batch]), repeats)
         diff = max(float(np.abs(x["audio"] - y["audio"]).max()) for x, y in zip(a, b))
         lines.append(f"  {bpm:3d} BPM: median {np.median(durations):5.1f} s, audio-seconds ratio "
                      f"{durations.sum() / np.minimum(durations, MAX_AUDIO_DURATION).sum():4.2f}x, render "

@@ -19,9 +19,9 @@ import symusic
 import evaluation
 from bench.standins import make_tiny_policy
 from features import FEATURES
-from run_logs import read_run_logs
 from generate import GenerationSettings
 from report import holm, permutation_p_value
+from run_logs import read_run_logs
 from soundfonts import resolve_soundfont
 
 PAPER_COLUMNS = list(FEATURES)

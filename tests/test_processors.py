@@ -6,6 +6,7 @@ import torch
 
 from bench.original import OriginalTinySoundfontRenderer
 from midi_tokenizer import default_remi
+from processors import DEFAULT_SAMPLE_RATE as SAMPLE_RATE
 from processors import (
     AudioActivityReward,
     AudioBoxAesRewardProcessor,
@@ -15,10 +16,9 @@ from processors import (
     ScaleConsistencyReward,
     TinySoundfontSynthProcessor,
     crop_score,
+    score_record,
     score_seconds,
 )
-from processors import DEFAULT_SAMPLE_RATE as SAMPLE_RATE
-from processors import score_record
 from scores import make_score, random_scores
 
 
@@ -176,7 +176,7 @@ def test_record_documents_every_key_the_chain_adds(soundfont):
     from reward_manager import RewardManager
 
     tokenizer = default_remi()
-    prompt_ids = [tokenizer.vocab[t] for t in "Bar_None TimeSig_4/4 Position_0 Tempo_120.0".split()]
+    prompt_ids = [tokenizer.vocab[t] for t in ["Bar_None", "TimeSig_4/4", "Position_0", "Tempo_120.0"]]
     note = [tokenizer.vocab[t] for t in ("Pitch_60", "Velocity_63", "Duration_1.0.12")]
     records = [completion_record(0, "p", prompt_ids, note * 3)]
     for processor in (MidiTokToSymusicProcessor(tokenizer, is_multitrack=False, max_beats=100),
