@@ -176,6 +176,10 @@ def test_a_worker_killed_mid_batch_fails_at_most_its_current_job(soundfont, expe
         for i, result in enumerate(results):
             if i not in failed:
                 assert np.abs(result - expected_audio[i % len(scores)]).max() <= 1e-5
+        # On a fast machine the batch can end before the kill lands; the pool then finds the dead worker idle
+        # on its next batch, which must still render every job and replace the worker.
+        again = pool.render_many(jobs[:4])
+        assert not [r for r in again if isinstance(r, str)]
         assert victim not in pool.worker_pids() and len(pool.worker_pids()) == 2
 
 
