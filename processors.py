@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 
 import miditok
 import numpy as np
@@ -30,92 +29,26 @@ import torch
 import features
 from devices import compute_device, exact_fp32
 from features import AES_AXES, score_seconds
+from processor_base import (
+    AUDIOBOX_WINDOW_SECONDS,
+    DEFAULT_MAX_AUDIO_SECONDS,
+    Processor,
+    Record,
+    RewardSettings,
+    add_error,
+    crop_score,
+)
+from processor_base import DEFAULT_SAMPLE_RATE as DEFAULT_SAMPLE_RATE  # re-exported: the original's names stay here
+from processor_base import completion_record as completion_record
+from processor_base import score_record as score_record
 from render_pool import RenderPool
 from renderer import RenderSettings, SoundfontRenderer
 
-AUDIOBOX_WINDOW_SECONDS = 10  # the predictor scores 10 s windows (a property of the model, not a setting)
-DEFAULT_SAMPLE_RATE = 48000  # the original's render rate (Hz); smart.py's SAMPLE_RATE
-DEFAULT_MAX_AUDIO_SECONDS = AUDIOBOX_WINDOW_SECONDS  # the original's render length: one Audiobox window
 AUDIOBOX_HUB_ID = "facebook/audiobox-aesthetics"  # the checkpoint the package loads when given none
 # GPU memory per 10 s clip in one Audiobox forward (fp32): WavLM's first conv block makes 65 MB tensors per clip,
 # ~8.5 GB at the peak for 64 clips, ~133 MiB per clip (estimated from the model's shapes, not measured on a GPU).
 AUDIOBOX_BYTES_PER_CLIP = 160 * 2**20
 AUDIOBOX_MEMORY_SHARE = 0.5  # share of the free GPU memory a forward may take; the trainer needs the rest
-
-
-class Record(TypedDict, total=False):
-    """One completion on its way through the chain. Each stage adds keys and none removes any, so a record's
-    keys say how far it got; a user's processor may add keys of its own."""
-
-    # completion_record (RewardManager): the completion
-    idx: int  # its position in the batch
-    prompt: str
-    completion: list[int]  # the completion's token ids
-    prompt_and_completion: list[int]  # the prompt's token ids, then the completion's
-    reward_step: int
-    normalized_rewards: dict[str, float]  # reward name -> value in [0, 1], written by the reward processors
-    errors: list[str]  # why the record got fallback values (add_error)
-    # MidiTokToSymusicProcessor (score_record starts here, from a score)
-    prompt_and_completion_tokens: list[str]
-    sm: symusic.Score  # cropped to max_beats
-    sm_duration: float  # seconds (score_seconds)
-    # TinySoundfontSynthProcessor
-    audio: np.ndarray  # float32, shape (2, samples)
-    sample_rate: int
-    audio_duration: float  # seconds
-    # AudioBoxAesRewardProcessor, ScaleConsistencyReward
-    aes_scores: dict[str, float]  # AES_AXES -> score on the 1-10 scale
-    scale_consistency: float
-    # RewardManager, after the chain
-    reward: float  # the weighted mean TRL optimises
-    reward_weights: dict[str, float]
-
-
-def completion_record(idx: int, prompt: str, prompt_ids: list[int], completion_ids: list[int], reward_step: int = 0
-                      ) -> Record:
-    """A new record for one sampled completion, as the chain's first processor (the decoder) expects it."""
-    completion = [int(t) for t in completion_ids]
-    return Record(idx=idx, prompt=prompt, completion=completion,
-                  prompt_and_completion=[int(t) for t in prompt_ids] + completion, reward_step=reward_step,
-                  normalized_rewards={}, errors=[])
-
-
-def score_record(idx: int, score: symusic.Score) -> Record:
-    """A new record for a score that enters the chain after decoding (evaluation, benchmarks, tests)."""
-    return Record(idx=idx, sm=score, sm_duration=score_seconds(score), normalized_rewards={}, errors=[])
-
-
-def add_error(record: Record, message: str) -> None:
-    """Note why a record got a fallback value; the manager logs these in the step's parquet."""
-    record.setdefault("errors", []).append(message)
-
-
-def crop_score(score: symusic.Score, max_beats: int) -> symusic.Score:
-    """Keep the first ``max_beats`` quarter notes, cutting notes that sound past the end (as the original)."""
-    return score.clip(0, max_beats * score.ticks_per_quarter, clip_end=True)
-
-
-@dataclass(frozen=True)
-class RewardSettings:
-    """The run's settings a reward processor may need to be built (smart.py passes its constants)."""
-
-    audiobox_checkpoint: str | None = None  # None: the hub checkpoint (AUDIOBOX_CHECKPOINT)
-    audiobox_batch_size: int | None = None  # clips per Audiobox forward; None: from free GPU memory
-    device: torch.device | None = None  # where models run; None: devices.compute_device()
-    max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS  # the rendered clips' cap (MAX_AUDIO_DURATION)
-
-
-class Processor:
-    """Base class: ``__call__(records) -> records`` with new fields added to every record, same order."""
-
-    @classmethod
-    def from_settings(cls, settings: RewardSettings) -> Processor:
-        """Build this processor for a run (``reward_processors_for``). A processor whose knobs depend on the run
-        overrides this; the default is the no-argument constructor."""
-        return cls()
-
-    def __call__(self, records: list[Record]) -> list[Record]:
-        raise NotImplementedError
 
 
 class MidiTokToSymusicProcessor(Processor):

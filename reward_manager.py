@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile
 
-from processors import Processor, Record, add_error, completion_record
+from processor_base import Processor, Record, add_error, completion_record
 
 NOT_LOGGED = ("sm", "audio")  # too large for the parquet log; saved as MIDI and WAV instead
 
