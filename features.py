@@ -12,7 +12,9 @@ Every feature is a function ``(score) -> float`` and is defined on an empty scor
 ``note_count`` is 0 there; every other feature returns ``math.nan`` because it has no meaning without notes (the
 reward code maps NaN to its own fallback, and the paper dropped note-less samples from its plots). Drum tracks are
 ignored by the pitch features (pitch range, polyphony, scale consistency, pitch-class entropy, pitch histogram,
-piano rolls), as in muspy; note count, velocities and beat occupancy use every track, as the paper did.
+piano rolls), as in muspy; note count, velocities and beat occupancy use every track, as the paper did. So a
+multi-track model's pieces need no per-track variant: drum "pitches" (GM kit pieces) never count as pitches, and
+``instrument_count`` says how many instruments play.
 """
 
 from __future__ import annotations
@@ -213,6 +215,12 @@ def duration_seconds(score: symusic.Score) -> float:
     return score_seconds(score) if score.note_num() else 0.0
 
 
+def instrument_count(score: symusic.Score) -> float:
+    """Number of instruments that play: distinct programs among tracks with notes, all drum tracks counting as
+    one (what a multi-track prompt asks for; see multitrack.py). 1 for a piano piece, 0 without notes."""
+    return float(len({"drums" if track.is_drum else track.program for track in score.tracks if track.note_num()}))
+
+
 FEATURES: dict[str, Callable[[symusic.Score], float]] = {
     "note_count": note_count,
     "polyphony_rate": polyphony_rate,
@@ -227,8 +235,10 @@ FEATURES: dict[str, Callable[[symusic.Score], float]] = {
 EXTRA_FEATURES: dict[str, Callable[[symusic.Score], float]] = {
     "polyphony": polyphony,
     "duration_seconds": duration_seconds,
+    "instrument_count": instrument_count,
 }
-"""Features the paper computed but did not plot; reported by evaluation.py next to ``FEATURES``."""
+"""Features the paper computed but did not plot (and, for multi-track models, ``instrument_count``); reported by
+evaluation.py next to ``FEATURES``."""
 
 
 def compute_features(score: symusic.Score) -> dict[str, float]:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 from transformers.trainer_utils import get_last_checkpoint
 
-from midi_tokenizer import load_tokenizers
+from midi_tokenizer import is_multitrack, load_tokenizers
 from processors import (
     DEFAULT_MAX_AUDIO_SECONDS,
     DEFAULT_SAMPLE_RATE,
@@ -143,7 +143,7 @@ def generate_pieces(
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False).to(device).eval()
     sequences = sample_completions(model, bridge, prompts, settings, device)
 
-    decoder = MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=settings.max_beats)
+    decoder = MidiTokToSymusicProcessor(remi, is_multitrack(remi), max_beats=settings.max_beats)
     records = decoder([{"prompt_and_completion": ids} for ids in sequences])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,8 @@ _TIME_SIGNATURES = {8: [3, 5, 6, 7, 9, 10, 11, 12], 4: [2, 3, 4, 5, 6], 2: [2, 3
 _SPECIAL_TOKENS = ["PAD", "BOS", "EOS", "PRE", "SUF"] + [f"INF{i}" for i in range(1, 17)]
 
 
-def default_remi() -> miditok.REMI:
-    """Build the project's REMI tokenizer offline (the same layout as the paper's 413-token vocabulary)."""
+def _remi(use_programs: bool) -> miditok.REMI:
+    """The project's REMI layout, with or without Program tokens (everything else is the paper's)."""
     config = miditok.TokenizerConfig(
         pitch_range=(21, 108),
         beat_res={(0, 4): 12},
@@ -42,10 +42,31 @@ def default_remi() -> miditok.REMI:
         tempo_range=(40, 250),
         use_time_signatures=True,
         time_signature_range=_TIME_SIGNATURES,
-        use_programs=False,
+        use_programs=use_programs,
+        one_token_stream_for_programs=True,
         use_pitchdrum_tokens=False,
     )
     return miditok.REMI(config)
+
+
+def default_remi() -> miditok.REMI:
+    """Build the project's REMI tokenizer offline (the same layout as the paper's 413-token vocabulary)."""
+    return _remi(use_programs=False)
+
+
+def multitrack_remi() -> miditok.REMI:
+    """The same REMI layout for several instruments: a ``Program_*`` token (0-127, -1 for drums) before each
+    note, all tracks in one token stream (miditok's ``one_token_stream_for_programs``), so that a causal LM writes
+    a whole arrangement as one sequence and decoding gives one track per program. 542 tokens."""
+    return _remi(use_programs=True)
+
+
+def is_multitrack(remi: miditok.MusicTokenizer) -> bool:
+    """Whether a tokenizer writes several tracks in one stream (Program tokens, ``one_token_stream``): its ids
+    then decode as a 1-D sequence, where a single-track tokenizer takes (tracks, tokens), i.e. the original's
+    ``is_multitrack`` switch of ``MidiTokToSymusicProcessor``. Multi-stream program tokenizers (one sequence per
+    track) cannot be the output of one causal LM, so they count as not multi-track."""
+    return bool(remi.config.use_programs and remi.one_token_stream)
 
 
 def load_remi(path_or_hub_id: str) -> miditok.MusicTokenizer:

@@ -12,7 +12,9 @@ they cannot handle gets a neutral value and a reason appended to ``record["error
 logs, so one garbage completion cannot end a long run. ``reward_processors_for`` builds the reward processors
 of a run from ``REWARD_PROCESSORS`` and the run's ``RewardSettings``.
 
-Class names and constructor arguments are the original erl-j/SMART ones, so its README example still works.
+Class names and constructor arguments are the original erl-j/SMART ones, so its README example still works. The
+original's other stages are here too (CustomTokenizerToSymusicProcessor, SymusicSynthProcessor), and its
+multi-track prompt-adherence rewards are defined in multitrack.py and registered below.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import torch
 import features
 from devices import compute_device, exact_fp32
 from features import AES_AXES, score_seconds
+from multitrack import ProgramPromptAdherenceRewardProcessor, TrackIoUReward
+from multitrack import TrackPromptAdherenceRewardProcessor as TrackPromptAdherenceRewardProcessor  # re-exported
 from processor_base import (
     AUDIOBOX_WINDOW_SECONDS,
     DEFAULT_MAX_AUDIO_SECONDS,
@@ -78,14 +82,51 @@ class MidiTokToSymusicProcessor(Processor):
 
     def __call__(self, records: list[Record]) -> list[Record]:
         for record in records:
-            ids = [int(i) for i in record["prompt_and_completion"]]
-            score = self.decode(ids, record)
-            if self.max_beats is not None:
-                score = crop_score(score, self.max_beats)
-            if score.note_num() == 0:
-                add_error(record, "decode: no notes")
-            record["sm"] = score
-            record["sm_duration"] = score_seconds(score)
+            set_score(record, self.decode([int(i) for i in record["prompt_and_completion"]], record), self.max_beats)
+        return records
+
+
+def set_score(record: Record, score: symusic.Score, max_beats: int | None) -> None:
+    """A decoder's last step: crop the score to ``max_beats``, note a score without notes, store it and its length.
+    (The original set ``sm_duration`` only when cropping; every later stage needs it, so it is always set.)"""
+    if max_beats is not None:
+        score = crop_score(score, max_beats)
+    if score.note_num() == 0:
+        add_error(record, "decode: no notes")
+    record["sm"] = score
+    record["sm_duration"] = score_seconds(score)
+
+
+class CustomTokenizerToSymusicProcessor(Processor):
+    """Decode with a tokenizer of one's own (the original's multi-track loop models had one): anything with
+    ``ids_to_tokens(ids) -> tokens`` and ``tokens_to_midi(tokens) -> symusic.Score``.
+
+    A stream it cannot decode gives an empty 4/4 score at 120 qpm and 24 ticks per quarter, as in the original,
+    with the reason logged. (The original put that time signature at tick 120, ``TimeSignature(120, 4, 4)``,
+    where tick 0 was meant; here it is at 0.)
+    """
+
+    FALLBACK_TPQ = 24
+
+    def __init__(self, tokenizer: Any, max_beats: int | None):
+        self.tokenizer = tokenizer
+        self.max_beats = max_beats
+
+    def decode(self, ids: list[int], record: Record) -> symusic.Score:
+        try:
+            record["prompt_and_completion_tokens"] = list(self.tokenizer.ids_to_tokens(ids))
+            return self.tokenizer.tokens_to_midi(record["prompt_and_completion_tokens"])
+        except Exception as error:  # a user's tokenizer may raise anything on an ungrammatical stream
+            add_error(record, f"decode: {type(error).__name__}: {error}")
+            record.setdefault("prompt_and_completion_tokens", [])
+            score = symusic.Score(self.FALLBACK_TPQ)
+            score.tempos.append(symusic.Tempo(0, 120))
+            score.time_signatures.append(symusic.TimeSignature(0, 4, 4))
+            return score
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        for record in records:
+            set_score(record, self.decode([int(i) for i in record["prompt_and_completion"]], record), self.max_beats)
         return records
 
 
@@ -144,6 +185,65 @@ class TinySoundfontSynthProcessor(Processor):
         for record in records:
             record["sample_rate"] = rate
             record["audio_duration"] = record["audio"].shape[1] / rate
+        return records
+
+
+def probe_score() -> symusic.Score:
+    """One short middle C: the smallest score a synthesizer renders (symusic's refuses a score without tracks)."""
+    score = symusic.Score(480)
+    track = symusic.Track(program=0)
+    track.notes.append(symusic.Note(0, 240, 60, 100))
+    score.tracks.append(track)
+    return score
+
+
+class SymusicSynthUnavailable(RuntimeError):
+    """symusic's own synthesizer cannot render with the installed symusic."""
+
+
+class SymusicSynthProcessor(Processor):
+    """Render each record's score with symusic's ``Synthesizer`` (stereo, at most ``max_duration_seconds``),
+    the original's alternative to TinySoundFont, peak-normalised as x / (max|x| + 1e-6).
+
+    symusic 0.6.0's ``Synthesizer.render`` cannot hand its audio to Python (``TypeError: Unable to convert function
+    return value``; 0.5.x works). So the constructor renders one note once and, if that fails, raises
+    ``SymusicSynthUnavailable`` saying what to use instead: a chain is built before training, so a broken synth
+    stops a run at its start, never in the middle. The original normalised as ``audio / max|audio| + 1e-6``,
+    which adds 1e-6 to every sample (operator precedence) and divides by zero on silence; here the 1e-6 guards
+    the division, as in TinySoundfontSynthProcessor. An empty score gives 1 s of silence, as there.
+    """
+
+    def __init__(self, soundfont_path: str, sample_rate: int, max_duration_seconds: float):
+        self.sample_rate = sample_rate
+        self.max_duration_seconds = max_duration_seconds
+        self.synth = symusic.Synthesizer(sf_path=soundfont_path, sample_rate=sample_rate)
+        try:
+            self.render(probe_score(), 1.0)
+        except Exception as error:
+            raise SymusicSynthUnavailable(
+                f"symusic {symusic.__version__}'s Synthesizer cannot render here ({type(error).__name__}: "
+                f"{str(error).splitlines()[0]}); use TinySoundfontSynthProcessor(soundfont_path, sample_rate, "
+                "max_duration_seconds), which takes the same arguments (or install symusic 0.5.9, whose "
+                "Synthesizer works)"
+            ) from error
+
+    def render(self, score: symusic.Score, duration_seconds: float) -> np.ndarray:
+        """Audio of ``score`` as float32 of shape (2, samples), cut to min(duration, max_duration_seconds)."""
+        samples = int(self.sample_rate * min(duration_seconds, self.max_duration_seconds))
+        audio = np.asarray(self.synth.render(score, stereo=True), dtype=np.float32)[:, : max(samples, 0)]
+        if audio.shape[1] == 0:
+            return np.zeros((2, self.sample_rate), dtype=np.float32)
+        return audio / (np.abs(audio).max() + np.float32(1e-6))
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        for record in records:
+            try:
+                record["audio"] = self.render(record["sm"], record["sm_duration"])
+            except Exception as error:  # a score the synth cannot play must not stop the run
+                add_error(record, f"render: {type(error).__name__}: {error}")
+                record["audio"] = np.zeros((2, self.sample_rate), dtype=np.float32)
+            record["sample_rate"] = self.sample_rate
+            record["audio_duration"] = record["audio"].shape[1] / self.sample_rate
         return records
 
 
@@ -432,6 +532,10 @@ REWARD_PROCESSORS: dict[str, type[Processor]] = {
     "note_density": NoteDensityReward,
     "filled_beats": FilledBeatsReward,
     "audio_activity": AudioActivityReward,
+    # multi-track prompt adherence (multitrack.py): the original wrote both under programs_iou, so one of them
+    # needs a second name; programs_iou is the token-set IoU, programs_iou_tracks the track-count IoU
+    "programs_iou": ProgramPromptAdherenceRewardProcessor,
+    "programs_iou_tracks": TrackIoUReward,
 }
 
 

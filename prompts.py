@@ -9,6 +9,13 @@ with the processing class; ``midi_tokenizer.MidiTokBridge`` maps each name to it
 - ``no prompt``: BOS alone.
 - ``dataset``: Bar, the first TimeSig and Tempo of a piece from a folder of MIDI files, Position_0: one prompt per
   piece for the first ``n`` pieces of a seeded shuffle, as the original's ``shuffle().select(range(n))``.
+
+For a multi-track tokenizer (``midi_tokenizer.is_multitrack``) every prompt but BOS starts with a head of distinct
+``Program_*`` tokens (the instruments asked for, ``Program_-1`` = drums) before its first Bar: 1 to
+MAX_PROMPT_PROGRAMS random programs for the procedural sources, the piece's own (in order of first note) for
+dataset prompts, and the procedural starting note is played by the head's first program. The original's public
+smart.py only had piano prompts; its multi-track rewards (multitrack.py) read the prompt's programs from the
+tokens before the first Bar, which is the layout used here.
 """
 
 from __future__ import annotations
@@ -19,8 +26,11 @@ from pathlib import Path
 import miditok
 import symusic
 
+from midi_tokenizer import is_multitrack
+
 PROMPT_SOURCES = ("procedural", "procedural-no-starting-note", "no prompt", "dataset")
 MIDI_SUFFIXES = (".mid", ".midi")
+MAX_PROMPT_PROGRAMS = 4  # instruments a procedural multi-track prompt asks for, at most
 
 
 def tokens_of_kind(remi: miditok.MusicTokenizer, kind: str) -> list[str]:
@@ -29,15 +39,19 @@ def tokens_of_kind(remi: miditok.MusicTokenizer, kind: str) -> list[str]:
 
 
 def _procedural(remi: miditok.MusicTokenizer, rng: random.Random, with_note: bool) -> list[str]:
+    head = []  # no random draw for a piano tokenizer, so piano prompts stay what they were
+    if is_multitrack(remi):
+        head = rng.sample(tokens_of_kind(remi, "Program"), rng.randint(1, MAX_PROMPT_PROGRAMS))
     time_signature, tempo = rng.choice(tokens_of_kind(remi, "TimeSig")), rng.choice(tokens_of_kind(remi, "Tempo"))
-    tokens = ["Bar_None", time_signature, "Position_0", tempo]
+    tokens = head + ["Bar_None", time_signature, "Position_0", tempo]
     if with_note:
-        tokens += [rng.choice(tokens_of_kind(remi, kind)) for kind in ("Pitch", "Velocity", "Duration")]
+        tokens += head[:1] + [rng.choice(tokens_of_kind(remi, kind)) for kind in ("Pitch", "Velocity", "Duration")]
     return tokens
 
 
 def dataset_prompt_tokens(remi: miditok.MusicTokenizer, midi_path: Path) -> list[str]:
-    """Bar, first TimeSig, Position_0, first Tempo of a MIDI file, as the original's dataset prompts.
+    """Bar, first TimeSig, Position_0, first Tempo of a MIDI file, as the original's dataset prompts; for a
+    multi-track tokenizer preceded by the piece's programs, each once, in the order they first play.
 
     A piece with no time signature or tempo event gets REMI's defaults (4/4, 120 qpm), because miditok adds them
     when it tokenizes such a file; a file miditok cannot read raises ``ValueError`` naming it.
@@ -51,7 +65,8 @@ def dataset_prompt_tokens(remi: miditok.MusicTokenizer, midi_path: Path) -> list
     first = {kind: next((t for t in sequence if t.startswith(kind + "_")), None) for kind in ("TimeSig", "Tempo")}
     if first["TimeSig"] is None or first["Tempo"] is None:
         raise ValueError(f"dataset prompt: {midi_path} has no notes to take a time signature and tempo from")
-    return ["Bar_None", first["TimeSig"], "Position_0", first["Tempo"]]
+    head = list(dict.fromkeys(t for t in sequence if t.startswith("Program_"))) if is_multitrack(remi) else []
+    return head + ["Bar_None", first["TimeSig"], "Position_0", first["Tempo"]]
 
 
 def dataset_prompts(remi: miditok.MusicTokenizer, files: list[Path], n: int, rng: random.Random) -> list[list[str]]:

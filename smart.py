@@ -35,6 +35,7 @@ TRAINER_SEED = 42  # GRPOConfig.seed: prompt order, sampling, init; the original
 # --- model ----------------------------------------------------------------------------------------------------
 BASE_MODEL_PATH = "lucacasini/metamidipianophi3_4L"  # hub id or local dir with config.json + miditok tokenizer.json
 TRUST_REMOTE_CODE = False  # run code shipped with a hub model; off unless you trust it
+IS_MULTITRACK: bool | None = None  # several instruments in one token stream; None = from the model's tokenizer
 # --- prompts --------------------------------------------------------------------------------------------------
 PROMPT_SOURCE = "procedural"  # procedural | procedural-no-starting-note (paper) | no prompt | dataset
 PROMPT_MIDI_DIR: str | None = None  # folder of MIDI files for PROMPT_SOURCE="dataset"
@@ -157,6 +158,7 @@ if __name__ == "__main__":
     from devices import bf16_native, compute_device, policy_init_kwargs
     from evaluation import evaluate_run
     from midi_tokenizer import load_tokenizers
+    from multitrack import resolve_is_multitrack
     from processors import (
         AUDIOBOX_HUB_ID,
         REWARD_PROCESSORS,
@@ -214,6 +216,10 @@ if __name__ == "__main__":
 
     # --- prompts and the token bridge ---------------------------------------------------------------------------
     remi, bridge = load_tokenizers(BASE_MODEL_PATH)
+    try:
+        is_multitrack = resolve_is_multitrack(IS_MULTITRACK, remi, REWARD_WEIGHTS)
+    except ValueError as error:
+        sys.exit(f"smart.py: {error}")
     num_prompts = NUM_PROMPTS or NUM_TRAIN_STEPS * BATCH_SIZE // NUM_GENERATIONS * 10
     prompts = build_prompts(PROMPT_SOURCE, remi, num_prompts, SEED, PROMPT_MIDI_DIR)
     train_dataset = Dataset.from_dict({"prompt": prompts, "prompt_ids": bridge(prompts)["input_ids"]})
@@ -223,7 +229,7 @@ if __name__ == "__main__":
     reward_settings = RewardSettings(AUDIOBOX_CHECKPOINT, AUDIOBOX_BATCH_SIZE, device, MAX_AUDIO_DURATION)
     reward_manager = RewardManager(
         processors=[
-            MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=MAX_BEATS),
+            MidiTokToSymusicProcessor(remi, is_multitrack=is_multitrack, max_beats=MAX_BEATS),
             TinySoundfontSynthProcessor(
                 soundfont_path, SAMPLE_RATE, MAX_AUDIO_DURATION,
                 num_workers=default_render_workers(BATCH_SIZE) if RENDER_WORKERS is None else RENDER_WORKERS,

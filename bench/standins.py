@@ -4,6 +4,7 @@ The benchmarks (``make gpu-check`` runs the paper's path on them) and the tests 
 they live here so that the tests import from bench/ and bench/ never imports from the tests.
 
 - ``make_tiny_policy``: a small random Phi-3 with the project's REMI tokenizer, saved like the hub model.
+- ``make_tiny_multitrack_policy``: the same with the multi-track REMI tokenizer (Program tokens, one stream).
 - ``make_audiobox_checkpoint``: a random-weight Audiobox Aesthetics ``checkpoint.pt`` in the format
   ``audiobox_aesthetics.infer.initialize_predictor(ckpt=...)`` loads (stack.md §C). Its head is perturbed so
   that scores differ between clips (an untouched random model scores every clip the same).
@@ -19,10 +20,11 @@ import hashlib
 import os
 from pathlib import Path
 
+import miditok
 import torch
 from transformers import Phi3Config, Phi3ForCausalLM
 
-from midi_tokenizer import bridge_tokenizer, default_remi
+from midi_tokenizer import bridge_tokenizer, default_remi, multitrack_remi
 
 AUDIOBOX_CONFIG = dict(
     proj_num_layer=1, proj_ln=False, proj_act_fn="gelu", proj_dropout=0.0, nth_layer=13,
@@ -34,12 +36,13 @@ PAPER_POLICY_SIZE = dict(hidden_size=512, layers=4, heads=8, ffn_multiple=4)  # 
 
 
 def make_tiny_policy(
-    directory: Path, hidden_size: int = 32, layers: int = 1, heads: int = 2, ffn_multiple: int = 2, seed: int = 0
+    directory: Path, hidden_size: int = 32, layers: int = 1, heads: int = 2, ffn_multiple: int = 2, seed: int = 0,
+    remi: miditok.MusicTokenizer | None = None,
 ) -> Path:
-    """A random Phi-3 causal LM over the project's vocabulary, with miditok's tokenizer.json beside it;
-    ``**PAPER_POLICY_SIZE`` gives the paper's 4-layer, 512-wide model (~17M parameters)."""
+    """A random Phi-3 causal LM over ``remi``'s vocabulary (default: the project's piano REMI), with miditok's
+    tokenizer.json beside it; ``**PAPER_POLICY_SIZE`` gives the paper's 4-layer, 512-wide model (~17M parameters)."""
     torch.manual_seed(seed)
-    remi = default_remi()
+    remi = default_remi() if remi is None else remi
     config = Phi3Config(
         vocab_size=len(remi), hidden_size=hidden_size, intermediate_size=ffn_multiple * hidden_size,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=1024,
@@ -48,6 +51,12 @@ def make_tiny_policy(
     Phi3ForCausalLM(config).save_pretrained(directory)
     bridge_tokenizer(remi).save_pretrained(directory)
     return directory
+
+
+def make_tiny_multitrack_policy(directory: Path, **policy_size: int) -> Path:
+    """``make_tiny_policy`` over the multi-track REMI vocabulary (``midi_tokenizer.multitrack_remi``), so that
+    smart.py runs with IS_MULTITRACK and the program rewards offline."""
+    return make_tiny_policy(directory, remi=multitrack_remi(), **policy_size)
 
 
 def random_audiobox(seed: int = 0):

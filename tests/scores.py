@@ -30,3 +30,14 @@ def random_scores(count: int, seed: int = 0) -> list[symusic.Score]:
         )
         for _ in range(count)
     ]
+
+
+def make_multitrack_score(tracks: list[tuple[int, bool, list[tuple[float, float, int, int]]]], tpq: int = 12,
+                          qpm: float = 120.0) -> symusic.Score:
+    """A score of several tracks from (program, is_drum, notes) with notes as in ``make_score``."""
+    score = make_score([], tpq, qpm)
+    score.tracks.clear()
+    for program, is_drum, notes in tracks:
+        score.tracks.append(make_score(notes, tpq, qpm).tracks[0])
+        score.tracks[-1].program, score.tracks[-1].is_drum = program, is_drum
+    return score

@@ -49,6 +49,7 @@ def test_c_major_scale():
     # C twice, six other classes once: -(1/4 log2 1/4 + 6/8 log2 1/8) = 0.5 + 2.25
     assert values["pitch_class_entropy"] == pytest.approx(2.75)
     assert values["duration_seconds"] == pytest.approx(4.0)  # 8 beats at the default 120 qpm
+    assert values["instrument_count"] == 1
 
 
 def test_chromatic_scale_is_inconsistent_and_maximally_entropic():
@@ -118,6 +119,7 @@ def test_every_feature_is_defined_on_an_empty_score(score):
     values = F.compute_features(score)
     assert values.pop("note_count") == 0
     assert values.pop("duration_seconds") == 0
+    assert values.pop("instrument_count") == 0
     assert all(math.isnan(v) for v in values.values()), values
     assert F.pitch_histogram(score).sum() == 0 and F.velocity_histogram(score).sum() == 0
 
