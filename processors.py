@@ -13,6 +13,8 @@ logs, so one garbage completion cannot end a long run. ``reward_processors_for``
 of a run from ``REWARD_PROCESSORS`` and the run's ``RewardSettings``.
 
 Class names and constructor arguments are the original erl-j/SMART ones, so its README example still works.
+The original's CLAP rewards live in clap_rewards.py and are re-exported here (``from processors import
+CLAPPromptRewardProcessor`` works as it did).
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ import symusic
 import torch
 
 import features
+from clap_rewards import (
+    CLAPPromptRewardProcessor,
+    CLAPZeroShotClassificationRewardProcessor,
+    PamRewardProcessor,
+    pam_reward_names,
+)
 from devices import compute_device, exact_fp32
 from features import AES_AXES, score_seconds
 from processor_base import (
@@ -432,7 +440,25 @@ REWARD_PROCESSORS: dict[str, type[Processor]] = {
     "note_density": NoteDensityReward,
     "filled_beats": FilledBeatsReward,
     "audio_activity": AudioActivityReward,
+    "clap": CLAPPromptRewardProcessor,
+    "clap_clf": CLAPZeroShotClassificationRewardProcessor,
+    # PAM writes one reward per prompt pair, named by the pair's shorthand (PAM_PROMPTS), plus pam_avg: the
+    # default pairs' names are registered here, and reward_class also knows the shorthands of the run's pairs.
+    **dict.fromkeys(sorted(pam_reward_names(RewardSettings().pam_prompts)), PamRewardProcessor),
 }
+
+
+def reward_class(name: str, settings: RewardSettings = RewardSettings()) -> type[Processor] | None:
+    """The processor class that writes reward ``name`` in a run with ``settings``, or None if none does.
+
+    A PAM name is PAM's only when the run's prompt pairs (``settings.pam_prompts``) have it: a default pair's
+    shorthand is registered, but a run with other pairs does not produce it.
+    """
+    pam_names = pam_reward_names(settings.pam_prompts)
+    if name in pam_names:
+        return PamRewardProcessor
+    cls = REWARD_PROCESSORS.get(name)
+    return None if cls is PamRewardProcessor else cls
 
 
 def reward_processors_for(reward_weights: dict[str, float], settings: RewardSettings = RewardSettings()
@@ -440,7 +466,13 @@ def reward_processors_for(reward_weights: dict[str, float], settings: RewardSett
     """One processor per class that produces a weighted reward, in REWARD_PROCESSORS order, built for ``settings``.
 
     A registered class that does not derive from ``Processor`` (no ``from_settings``) is built with no arguments.
+    Raises ``KeyError`` for a name no processor writes (preflight reports those first).
     """
-    wanted = {REWARD_PROCESSORS[name] for name in reward_weights}
+    wanted = set()
+    for name in reward_weights:
+        cls = reward_class(name, settings)
+        if cls is None:
+            raise KeyError(f"no reward processor writes {name!r}")
+        wanted.add(cls)
     classes = [cls for cls in dict.fromkeys(REWARD_PROCESSORS.values()) if cls in wanted]
     return [cls.from_settings(settings) if hasattr(cls, "from_settings") else cls() for cls in classes]
