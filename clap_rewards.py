@@ -19,7 +19,6 @@ of noise or a crash; a step's clips go through one forward (chunks of ``batch_si
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -103,7 +102,7 @@ class ClapReward(Processor):
         raise NotImplementedError
 
     def fallback(self, record: Record, reason: str) -> None:
-        add_error(record, f"{type(self).__name__}: {reason}; its rewards are {UNSCORABLE_REWARD}")
+        add_error(record, f"{type(self).__name__}: {reason} (rewards {UNSCORABLE_REWARD})")
         record["normalized_rewards"].update(dict.fromkeys(self.reward_names, UNSCORABLE_REWARD))
         if self.raw_field:
             record[self.raw_field] = None  # so every row of the log has it
@@ -223,12 +222,7 @@ def pam_reward_names(prompt_configs: Sequence[PromptPair]) -> set[str]:
     return {pair["shorthand"] for pair in prompt_configs} | {PAM_AVERAGE}
 
 
-CLAP_REWARD_CLASSES: tuple[type[ClapReward], ...] = (
-    CLAPPromptRewardProcessor, CLAPZeroShotClassificationRewardProcessor, PamRewardProcessor,
-)
-
-
-def clap_model_ids(reward_classes: set[Any], settings: RewardSettings) -> set[str]:
+def clap_model_ids(reward_classes: set[type | None], settings: RewardSettings) -> set[str]:
     """The CLAP models (hub ids or folders) the given reward classes load under ``settings``."""
     models = {CLAPPromptRewardProcessor: settings.clap_model,
               CLAPZeroShotClassificationRewardProcessor: settings.clap_clf_model,

@@ -167,6 +167,7 @@ if __name__ == "__main__":
     from datasets import Dataset
     from trl import GRPOTrainer
 
+    from clap_rewards import clap_model_ids
     from devices import bf16_native, compute_device, policy_init_kwargs
     from evaluation import evaluate_run
     from midi_tokenizer import load_tokenizers
@@ -177,6 +178,7 @@ if __name__ == "__main__":
         MidiTokToSymusicProcessor,
         RewardSettings,
         TinySoundfontSynthProcessor,
+        reward_class,
         reward_processors_for,
     )
     from prompts import build_prompts
@@ -273,6 +275,7 @@ if __name__ == "__main__":
         audiobox_hub_id=AUDIOBOX_HUB_ID, device=trainer.accelerator.device, policy_dtype=trainer.model.dtype,
         reference_dtype=None if reference is None else reference.dtype,
         mixed_precision="bf16" if training_args.bf16 else "no", num_processes=state.num_processes,
+        clap_models=clap_model_ids({reward_class(name, reward_settings) for name in REWARD_WEIGHTS}, reward_settings),
     )
     if state.is_main_process:
         print(describe(record))

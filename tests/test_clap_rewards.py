@@ -30,6 +30,7 @@ from processors import (
     reward_class,
     reward_processors_for,
 )
+from run_record import RECORD_FILE
 
 RATE = 48000
 CPU = torch.device("cpu")
@@ -272,3 +273,5 @@ def test_smart_trains_two_steps_on_the_clap_reward_from_the_hf_cache(hub_env, tm
                 assert row["normalized_rewards"]["clap"] == pytest.approx((row["clap_score_raw"] + 1) / 2, abs=1e-6)
             assert row["reward"] == row["normalized_rewards"]["clap"]
     assert "reward_clap" in (run_dir / "eval" / "features.csv").read_text().splitlines()[0]
+    [clap] = json.loads((run_dir / RECORD_FILE).read_text())["clap_models"]
+    assert clap["source"] == "hub" and clap["id"] == "laion/larger_clap_music" and clap["commit"]
