@@ -56,6 +56,7 @@ from processors import (
     RewardSettings,
     TinySoundfontSynthProcessor,
     crop_score,
+    reward_class,
     reward_processors_for,
     score_record,
 )
@@ -185,14 +186,15 @@ def load_audiobox(checkpoint: str | None) -> tuple[Processor | None, str | None]
         return None, f"loading checkpoint {checkpoint!r} failed: {type(error).__name__}: {error}"
 
 
-def named_reward_processors(names: Sequence[str], max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS
-                            ) -> list[Processor]:
-    """Processors for the rewards the user named, for clips of at most ``max_audio_seconds``; Audiobox axes are
-    excluded (they are the CE..PQ columns)."""
-    unknown = [n for n in names if n not in REWARD_PROCESSORS]
+def named_reward_processors(names: Sequence[str], max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
+                            settings: RewardSettings | None = None) -> list[Processor]:
+    """Processors for the rewards the user named, for clips of at most ``max_audio_seconds``, built with a run's
+    ``settings`` (its CLAP prompts, ...) when given, else the defaults; Audiobox axes are excluded (they are the
+    CE..PQ columns)."""
+    settings = settings or RewardSettings(max_audio_seconds=max_audio_seconds)
+    unknown = [n for n in names if reward_class(n, settings) is None]
     if unknown:
         raise ValueError(f"unknown reward(s) {unknown}; known: {', '.join(REWARD_PROCESSORS)}")
-    settings = RewardSettings(max_audio_seconds=max_audio_seconds)
     return reward_processors_for({n: 1.0 for n in names if n not in AES_AXES}, settings)
 
 
@@ -284,6 +286,7 @@ def evaluate_systems(
     listen: int | None = 100,
     max_beats: int | None = None,
     permutations: int = 10_000,
+    reward_settings: RewardSettings | None = None,
     device: str | None = None,
     sample_rate: int = DEFAULT_SAMPLE_RATE,
     max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
@@ -301,10 +304,11 @@ def evaluate_systems(
         covers a default-sized run, and keeps a 10,000-file dataset folder from writing 10,000 MP3s).
     max_beats: crop MIDI-folder pieces to this many beats (generated pieces are already cropped as in training).
     sample_rate, max_audio_seconds: how clips are rendered (a run's SAMPLE_RATE and MAX_AUDIO_DURATION).
+    reward_settings: how the named rewards are built (a run's CLAP prompts and models); None: the defaults.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    reward_scorers = named_reward_processors(reward_names, max_audio_seconds)
+    reward_scorers = named_reward_processors(reward_names, max_audio_seconds, reward_settings)
     skipped: dict[str, str] = {}
     folders = {name: sample_folder(name, str(source), out, generation, device) for name, source in systems.items()}
     rows, scores = [], {}
@@ -377,6 +381,7 @@ def evaluate_run(
         sample_rate=config["SAMPLE_RATE"], max_audio_seconds=config["MAX_AUDIO_DURATION"],
         audiobox=(config["AUDIOBOX_CHECKPOINT"] or "hub") if uses_audiobox else None,
         reward_names=[name for name in config["REWARD_WEIGHTS"] if name not in AES_AXES],
+        reward_settings=RewardSettings.from_config(config),
     )
     systems = {"base": config["BASE_MODEL_PATH"], "tuned": str(run)}
     return evaluate_systems(systems, out_dir or run / "eval", **{**options, **overrides})

@@ -19,7 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from processors import AUDIOBOX_HUB_ID, REWARD_PROCESSORS
+from clap_rewards import clap_model_ids
+from pam_prompts import PAM_AVERAGE
+from processors import AUDIOBOX_HUB_ID, REWARD_PROCESSORS, PamRewardProcessor, RewardSettings, reward_class
 from prompts import PROMPT_SOURCES
 from soundfonts import SoundfontNotFound, resolve_soundfont
 
@@ -59,18 +61,33 @@ def _positive(config: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
     return [f"{key}={config[key]!r} must be > 0" for key in keys if key in config and not config[key] > 0]
 
 
+PAIR_KEYS = ("negative", "positive", "shorthand")  # a PAM_PROMPTS entry's keys
+
+
+def _pam_name_problems(pairs: list[dict[str, str]]) -> list[str]:
+    """A PAM shorthand names its reward, so it must be unique and not the name of another reward."""
+    names = [p["shorthand"] for p in pairs]
+    taken = sorted({n for n in names if n == PAM_AVERAGE or REWARD_PROCESSORS.get(n, PamRewardProcessor)
+                    is not PamRewardProcessor})
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    return [f"PAM_PROMPTS: shorthand {n!r} is {why}; rename it" for why, found in
+            (("another reward's name", taken), ("used twice", repeated)) for n in found]
+
+
 def check_config(config: dict[str, Any], world_size: int = 1) -> list[str]:
     """Every problem with a resolved smart.py config, as messages a user can act on; empty when runnable."""
     problems = _positive(
         config,
         ("NUM_TRAIN_STEPS", "BATCH_SIZE", "NUM_GENERATIONS", "LEARNING_RATE", "MAX_COMPLETION_LENGTH",
          "MAX_BEATS", "SAMPLE_RATE", "MAX_AUDIO_DURATION", "SAVE_STEPS", "AUDIO_SAVE_INTERVAL",
-         "GRADIENT_ACCUMULATION_STEPS", "NUM_ITERATIONS", "TEMPERATURE"),
+         "GRADIENT_ACCUMULATION_STEPS", "NUM_ITERATIONS", "TEMPERATURE", "CLAP_TEMPERATURE", "PAM_TEMPERATURE"),
     )
     if config.get("AUDIOBOX_BATCH_SIZE") is not None and config["AUDIOBOX_BATCH_SIZE"] < 1:
         problems.append(
             f"AUDIOBOX_BATCH_SIZE={config['AUDIOBOX_BATCH_SIZE']!r} must be >= 1, or None (fit the free GPU memory)"
         )
+    if config.get("CLAP_BATCH_SIZE") is not None and config["CLAP_BATCH_SIZE"] < 1:
+        problems.append(f"CLAP_BATCH_SIZE={config['CLAP_BATCH_SIZE']!r} must be >= 1, or None (the whole batch)")
     if config["BETA"] < 0:
         problems.append(f"BETA={config['BETA']!r} must be >= 0 (0 disables the KL penalty)")
     if config["NUM_GENERATIONS"] < 2:
@@ -84,12 +101,21 @@ def check_config(config: dict[str, Any], world_size: int = 1) -> list[str]:
         )
 
     weights = config["REWARD_WEIGHTS"]
-    unknown = sorted(set(weights) - set(REWARD_PROCESSORS))
+    pairs = config.get("PAM_PROMPTS", [])
+    if isinstance(pairs, list) and all(isinstance(p, dict) and sorted(p) == list(PAIR_KEYS) for p in pairs):
+        problems += _pam_name_problems(pairs)
+        settings = RewardSettings.from_config(config)
+    else:  # the run's pairs cannot be read: the reward names are checked against the default pairs
+        problems.append(f"PAM_PROMPTS={pairs!r} must be a list of dicts with exactly the keys {list(PAIR_KEYS)}")
+        settings = RewardSettings.from_config({k: v for k, v in config.items() if k != "PAM_PROMPTS"})
+    unknown = sorted(name for name in weights if reward_class(name, settings) is None)
     if unknown:
         problems.append(
             f"REWARD_WEIGHTS has {unknown}, which no processor produces; known rewards: {sorted(REWARD_PROCESSORS)} "
-            "(add a Processor and register it in processors.REWARD_PROCESSORS)"
+            "and the shorthands of PAM_PROMPTS (add a Processor and register it in processors.REWARD_PROCESSORS)"
         )
+    if any(reward_class(name, settings) is PamRewardProcessor for name in weights) and not settings.pam_prompts:
+        problems.append("PAM_PROMPTS is empty, so the PAM rewards have no prompt pair to score with")
     if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
         problems.append(f"REWARD_WEIGHTS={weights!r}: weights must be >= 0 and sum to more than 0")
 
@@ -116,6 +142,12 @@ def check_config(config: dict[str, Any], world_size: int = 1) -> list[str]:
                 f"AUDIOBOX_CHECKPOINT=None (the hub checkpoint): {problem}. Give a local checkpoint.pt, or "
                 f"use weight-free rewards. {OFFLINE_HINT}"
             )
+
+    for model in sorted(clap_model_ids({reward_class(name, settings) for name in weights}, settings)):
+        problem = None if Path(model).is_dir() else hub_problem(model, "config.json")
+        if problem:
+            problems.append(f"CLAP model {model!r} (CLAP_MODEL, CLAP_CLF_MODEL, PAM_MODEL): {problem}. Give a local "
+                            f"folder saved by ClapModel and ClapProcessor.save_pretrained. {OFFLINE_HINT}")
 
     model_problem = _model_problem(config["BASE_MODEL_PATH"])
     if model_problem:

@@ -7,14 +7,16 @@ so ``from processors import Processor`` (the original's README example) keeps wo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 import symusic
 import torch
 
 from features import score_seconds
+from pam_prompts import PROMPT_PAIRS, PromptPair
 
 AUDIOBOX_WINDOW_SECONDS = 10  # the predictor scores 10 s windows (a property of the model, not a setting)
 DEFAULT_SAMPLE_RATE = 48000  # the original's render rate (Hz); smart.py's SAMPLE_RATE
@@ -44,6 +46,9 @@ class Record(TypedDict, total=False):
     # AudioBoxAesRewardProcessor, ScaleConsistencyReward
     aes_scores: dict[str, float]  # AES_AXES -> score on the 1-10 scale
     scale_consistency: float
+    # CLAPPromptRewardProcessor, CLAPZeroShotClassificationRewardProcessor (None: the clip could not be scored)
+    clap_score_raw: float | None  # cosine of the audio and target prompt embeddings
+    clap_clf_probs: list[float] | None  # softmax over [target] + reference prompts
     # RewardManager, after the chain
     reward: float  # the weighted mean TRL optimises
     reward_weights: dict[str, float]
@@ -81,6 +86,38 @@ class RewardSettings:
     audiobox_batch_size: int | None = None  # clips per Audiobox forward; None: from free GPU memory
     device: torch.device | None = None  # where models run; None: devices.compute_device()
     max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS  # the rendered clips' cap (MAX_AUDIO_DURATION)
+    sample_rate: int = DEFAULT_SAMPLE_RATE  # the render rate (SAMPLE_RATE)
+    clap_prompt: str = "jazz"  # CLAP_PROMPT
+    clap_k: int = 8  # CLAP_K (kept, unused, as in the original)
+    clap_model: str = "laion/larger_clap_music"  # CLAP_MODEL
+    clap_clf_prompt: str = "beautiful, high quality, amazing music, natural, calming"  # CLAP_CLF_PROMPT
+    clap_reference_prompts: tuple[str, ...] = ("dissonant, low quality, caucophonous music, glitch, midi",)
+    clap_clf_model: str = "laion/larger_clap_general"  # CLAP_CLF_MODEL
+    clap_temperature: float = 0.25  # CLAP_TEMPERATURE
+    pam_prompts: tuple[PromptPair, ...] = PROMPT_PAIRS  # PAM_PROMPTS
+    pam_temperature: float = 0.25  # PAM_TEMPERATURE
+    pam_model: str = "laion/larger_clap_general"  # PAM_MODEL
+    clap_batch_size: int | None = None  # CLAP_BATCH_SIZE: clips per CLAP forward; None: all at once
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], device: torch.device | None = None) -> RewardSettings:
+        """The settings of a resolved smart.py config (its UPPERCASE constants); a key the config lacks (a run
+        saved before the key existed) keeps the default."""
+        values = {field: config[key] for field, key in SETTINGS_KEYS.items() if key in config}
+        for field in ("clap_reference_prompts", "pam_prompts"):
+            if field in values:
+                values[field] = tuple(values[field])
+        return cls(device=device, **values)
+
+
+SETTINGS_KEYS = {  # RewardSettings field -> the smart.py constant it comes from
+    "audiobox_checkpoint": "AUDIOBOX_CHECKPOINT", "audiobox_batch_size": "AUDIOBOX_BATCH_SIZE",
+    "max_audio_seconds": "MAX_AUDIO_DURATION", "sample_rate": "SAMPLE_RATE", "clap_prompt": "CLAP_PROMPT",
+    "clap_k": "CLAP_K", "clap_model": "CLAP_MODEL", "clap_clf_prompt": "CLAP_CLF_PROMPT",
+    "clap_reference_prompts": "CLAP_REFERENCE_PROMPTS", "clap_clf_model": "CLAP_CLF_MODEL",
+    "clap_temperature": "CLAP_TEMPERATURE", "pam_prompts": "PAM_PROMPTS", "pam_temperature": "PAM_TEMPERATURE",
+    "pam_model": "PAM_MODEL", "clap_batch_size": "CLAP_BATCH_SIZE",
+}
 
 
 class Processor:

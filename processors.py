@@ -14,7 +14,8 @@ of a run from ``REWARD_PROCESSORS`` and the run's ``RewardSettings``.
 
 Class names and constructor arguments are the original erl-j/SMART ones, so its README example still works. The
 original's other stages are here too (CustomTokenizerToSymusicProcessor, SymusicSynthProcessor), and its
-multi-track prompt-adherence rewards are defined in multitrack.py and registered below.
+multi-track prompt-adherence rewards are defined in multitrack.py, its CLAP rewards in clap_rewards.py;
+both are registered below and re-exported here (``from processors import CLAPPromptRewardProcessor`` works).
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ import symusic
 import torch
 
 import features
+from clap_rewards import (
+    CLAPPromptRewardProcessor,
+    CLAPZeroShotClassificationRewardProcessor,
+    PamRewardProcessor,
+    pam_reward_names,
+)
 from devices import compute_device, exact_fp32
 from features import AES_AXES, score_seconds
 from multitrack import ProgramPromptAdherenceRewardProcessor, TrackIoUReward
@@ -536,7 +543,25 @@ REWARD_PROCESSORS: dict[str, type[Processor]] = {
     # needs a second name; programs_iou is the token-set IoU, programs_iou_tracks the track-count IoU
     "programs_iou": ProgramPromptAdherenceRewardProcessor,
     "programs_iou_tracks": TrackIoUReward,
+    "clap": CLAPPromptRewardProcessor,
+    "clap_clf": CLAPZeroShotClassificationRewardProcessor,
+    # PAM writes one reward per prompt pair, named by the pair's shorthand (PAM_PROMPTS), plus pam_avg: the
+    # default pairs' names are registered here, and reward_class also knows the shorthands of the run's pairs.
+    **dict.fromkeys(sorted(pam_reward_names(RewardSettings().pam_prompts)), PamRewardProcessor),
 }
+
+
+def reward_class(name: str, settings: RewardSettings = RewardSettings()) -> type[Processor] | None:
+    """The processor class that writes reward ``name`` in a run with ``settings``, or None if none does.
+
+    A PAM name is PAM's only when the run's prompt pairs (``settings.pam_prompts``) have it: a default pair's
+    shorthand is registered, but a run with other pairs does not produce it.
+    """
+    pam_names = pam_reward_names(settings.pam_prompts)
+    if name in pam_names:
+        return PamRewardProcessor
+    cls = REWARD_PROCESSORS.get(name)
+    return None if cls is PamRewardProcessor else cls
 
 
 def reward_processors_for(reward_weights: dict[str, float], settings: RewardSettings = RewardSettings()
@@ -544,7 +569,13 @@ def reward_processors_for(reward_weights: dict[str, float], settings: RewardSett
     """One processor per class that produces a weighted reward, in REWARD_PROCESSORS order, built for ``settings``.
 
     A registered class that does not derive from ``Processor`` (no ``from_settings``) is built with no arguments.
+    Raises ``KeyError`` for a name no processor writes (preflight reports those first).
     """
-    wanted = {REWARD_PROCESSORS[name] for name in reward_weights}
+    wanted = set()
+    for name in reward_weights:
+        cls = reward_class(name, settings)
+        if cls is None:
+            raise KeyError(f"no reward processor writes {name!r}")
+        wanted.add(cls)
     classes = [cls for cls in dict.fromkeys(REWARD_PROCESSORS.values()) if cls in wanted]
     return [cls.from_settings(settings) if hasattr(cls, "from_settings") else cls() for cls in classes]

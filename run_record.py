@@ -5,6 +5,7 @@ smart.py prints this record when training starts and saves it as ``<run>/run_rec
 - the soundfont file: path, size, SHA-256, and whether it is byte for byte the original SMART's;
 - the base model: hub id and the commit that was loaded, or a local folder and its weights' SHA-256;
 - the Audiobox checkpoint: hub id and commit, or a checkpoint file and its SHA-256 (None when unused);
+- the CLAP models of the CLAP rewards, each as the base model is (an empty list when unused);
 - device, the policy's weight dtype and the mixed precision used;
 - the versions of python and every library that changes results.
 
@@ -18,6 +19,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -102,13 +104,14 @@ def device_info(device: Any) -> dict[str, Any]:
 def build_record(
     *, soundfont_path: str, base_model: str, audiobox_checkpoint: str | None, uses_audiobox: bool,
     audiobox_hub_id: str, device: Any, policy_dtype: Any, reference_dtype: Any, mixed_precision: str,
-    num_processes: int,
+    num_processes: int, clap_models: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Everything a run used that its constants alone do not pin down (dtypes as torch dtypes or names)."""
     return {
         "soundfont": soundfont_source(soundfont_path),
         "base_model": model_source(base_model),
         "audiobox": audiobox_source(audiobox_checkpoint, audiobox_hub_id) if uses_audiobox else None,
+        "clap_models": [model_source(model) for model in sorted(clap_models)],
         "compute": {**device_info(device), "policy_dtype": dtype_name(policy_dtype),
                     "reference_dtype": dtype_name(reference_dtype), "mixed_precision": mixed_precision,
                     "processes": num_processes},

@@ -16,6 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import pam_prompts
 from configurator import ConfigError, apply_overrides
 from run_folder import (
     archive_after_resume,
@@ -67,6 +68,18 @@ MAX_BEATS = 100  # crop decoded MIDI to this many beats
 MAX_AUDIO_DURATION = 10  # seconds of audio rendered and scored (Audiobox's receptive field)
 AUDIOBOX_BATCH_SIZE: int | None = None  # clips per Audiobox forward; None = what half the free GPU memory holds
 RENDER_WORKERS: int | None = None  # render processes; None = CPU cores (quota-aware, per local rank, <= BATCH_SIZE)
+# the CLAP text-audio rewards "clap", "clap_clf" and PAM's (README: Text-audio rewards); *_MODEL: hub id or folder
+CLAP_PROMPT = "jazz"  # "clap": the text the audio should match (the original's piano runs used "jazz")
+CLAP_K = 8  # "clap": the original's k, which its code never uses (its runs passed NUM_GENERATIONS); no effect
+CLAP_MODEL = "laion/larger_clap_music"  # "clap": the CLAP model
+CLAP_CLF_PROMPT = "beautiful, high quality, amazing music, natural, calming"  # "clap_clf": the class rewarded
+CLAP_REFERENCE_PROMPTS: list[str] = ["dissonant, low quality, caucophonous music, glitch, midi"]  # its rivals
+CLAP_TEMPERATURE = 0.25  # "clap_clf": softmax temperature over the cosines
+CLAP_CLF_MODEL = "laion/larger_clap_general"  # "clap_clf": the CLAP model
+PAM_PROMPTS: list[dict[str, str]] = [dict(p) for p in pam_prompts.PROMPT_PAIRS]  # {shorthand, positive, negative}
+PAM_TEMPERATURE = 0.25  # PAM: softmax temperature over each positive/negative pair
+PAM_MODEL = "laion/larger_clap_general"  # PAM: the CLAP model
+CLAP_BATCH_SIZE: int | None = None  # clips per CLAP forward (all three rewards); None = the whole batch at once
 # --- output ---------------------------------------------------------------------------------------------------
 OUTPUT_DIR: str | None = None  # run directory; None = a new, timestamped folder under artefacts/runs/
 SAVE_STEPS = 20  # checkpoint every this many steps
@@ -155,6 +168,7 @@ if __name__ == "__main__":
     from datasets import Dataset
     from trl import GRPOTrainer
 
+    from clap_rewards import clap_model_ids
     from devices import bf16_native, compute_device, policy_init_kwargs
     from evaluation import evaluate_run
     from midi_tokenizer import load_tokenizers
@@ -166,6 +180,7 @@ if __name__ == "__main__":
         MidiTokToSymusicProcessor,
         RewardSettings,
         TinySoundfontSynthProcessor,
+        reward_class,
         reward_processors_for,
     )
     from prompts import build_prompts
@@ -226,7 +241,7 @@ if __name__ == "__main__":
 
     # --- the reward chain -----------------------------------------------------------------------------------------
     soundfont_path = resolve_soundfont(SOUNDFONT)
-    reward_settings = RewardSettings(AUDIOBOX_CHECKPOINT, AUDIOBOX_BATCH_SIZE, device, MAX_AUDIO_DURATION)
+    reward_settings = RewardSettings.from_config(config, device)
     reward_manager = RewardManager(
         processors=[
             MidiTokToSymusicProcessor(remi, is_multitrack=is_multitrack, max_beats=MAX_BEATS),
@@ -262,10 +277,11 @@ if __name__ == "__main__":
     reference = getattr(trainer, "ref_model", None)
     record = build_record(
         soundfont_path=soundfont_path, base_model=BASE_MODEL_PATH, audiobox_checkpoint=AUDIOBOX_CHECKPOINT,
-        uses_audiobox=any(REWARD_PROCESSORS[name] is AudioBoxAesRewardProcessor for name in REWARD_WEIGHTS),
+        uses_audiobox=any(REWARD_PROCESSORS.get(name) is AudioBoxAesRewardProcessor for name in REWARD_WEIGHTS),
         audiobox_hub_id=AUDIOBOX_HUB_ID, device=trainer.accelerator.device, policy_dtype=trainer.model.dtype,
         reference_dtype=None if reference is None else reference.dtype,
         mixed_precision="bf16" if training_args.bf16 else "no", num_processes=state.num_processes,
+        clap_models=clap_model_ids({reward_class(name, reward_settings) for name in REWARD_WEIGHTS}, reward_settings),
     )
     if state.is_main_process:
         print(describe(record))

@@ -2,10 +2,12 @@
 
     python bench/fuzz_rewards.py --n 10000            # the default chain: 48 kHz, 10 s audio, MAX_BEATS 100
     python bench/fuzz_rewards.py --n 500 --seconds 2  # a quick look
+    python bench/fuzz_rewards.py --n 500 --clap standin   # also the CLAP rewards, on a random stand-in CLAP
 
 Every sequence goes through the real chain smart.py builds for weight-free rewards: MidiTokToSymusicProcessor ->
 TinySoundfontSynthProcessor (soundfont "timgm6mb") -> ScaleConsistencyReward, NoteDensityReward,
-FilledBeatsReward, AudioActivityReward, combined by a RewardManager, in batches of 64 (one reward step each,
+FilledBeatsReward, AudioActivityReward (and with ``--clap`` the CLAP rewards clap, clap_clf and pam_avg),
+combined by a RewardManager, in batches of 64 (one reward step each,
 with its parquet log, MIDI and audio written to a temporary folder). The sequences mix six generators
 (``GENERATORS``): uniform random ids including ids outside the vocabulary, grammar-plausible REMI with
 pathological values, special tokens (PAD/BOS/EOS/...) in the middle, chords of up to 10,000 notes, notes
@@ -50,6 +52,7 @@ from reward_manager import RewardManager
 from soundfonts import resolve_soundfont
 
 WEIGHTS = {"scale_consistency": 1.0, "note_density": 1.0, "filled_beats": 1.0, "audio_activity": 1.0}
+CLAP_WEIGHTS = {"clap": 1.0, "clap_clf": 1.0, "pam_avg": 1.0}  # added by --clap
 PROMPT = ["Bar_None", "TimeSig_4/4", "Position_0", "Tempo_120.0"]
 MAX_CHORD = 10_000
 MAX_SILENT_BEATS = 1000
@@ -57,17 +60,21 @@ MAX_SILENT_BEATS = 1000
 
 def reward_chain(
     output_dir: Path, sample_rate: int = DEFAULT_SAMPLE_RATE, max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
-    max_beats: int = 100,
+    max_beats: int = 100, clap_model: str | None = None,
 ) -> tuple[miditok.MusicTokenizer, RewardManager]:
-    """The project's tokenizer and a RewardManager over the weight-free rewards, as smart.py would build it."""
+    """The project's tokenizer and a RewardManager over the weight-free rewards, as smart.py would build it, and
+    the CLAP rewards too when ``clap_model`` (a folder or hub id, used for all three) is given."""
     remi = default_remi()
+    weights = WEIGHTS if clap_model is None else {**WEIGHTS, **CLAP_WEIGHTS}
+    models = {} if clap_model is None else dict(clap_model=clap_model, clap_clf_model=clap_model, pam_model=clap_model)
+    settings = RewardSettings(max_audio_seconds=max_audio_seconds, sample_rate=sample_rate, **models)
     manager = RewardManager(
         processors=[
             MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=max_beats),
             TinySoundfontSynthProcessor(resolve_soundfont("timgm6mb"), sample_rate, max_audio_seconds),
-            *reward_processors_for(WEIGHTS, RewardSettings(max_audio_seconds=max_audio_seconds)),
+            *reward_processors_for(weights, settings),
         ],
-        reward_weights=WEIGHTS,
+        reward_weights=weights,
         output_dir=output_dir,
         audio_save_interval=1_000_000,  # WAVs of the first step only: 10 s clips are 1.9 MB each
     )
@@ -176,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=DEFAULT_MAX_AUDIO_SECONDS, help="MAX_AUDIO_DURATION")
     parser.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE)
     parser.add_argument("--failures-file", default="fuzz_failures.json", help="where failing sequences are saved")
+    parser.add_argument("--clap", metavar="MODEL", help="also the CLAP rewards, with this CLAP model: a folder, a "
+                        "hub id, or 'standin' (a random tiny CLAP built here, bench/standins.py)")
     args = parser.parse_args(argv)
 
     rng = random.Random(args.seed)
@@ -187,7 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     slowest = (0.0, -1)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fuzz_rewards_") as output_dir:
-        remi, manager = reward_chain(Path(output_dir), args.sample_rate, args.seconds)
+        clap = args.clap
+        if clap == "standin":
+            from bench.standins import make_tiny_clap
+
+            clap = str(make_tiny_clap(Path(output_dir) / "clap_standin"))
+        remi, manager = reward_chain(Path(output_dir), args.sample_rate, args.seconds, clap_model=clap)
         done = 0
         while done < args.n:
             batch_kinds = rng.choices(names, shares, k=min(args.batch, args.n - done))

@@ -12,6 +12,9 @@ they live here so that the tests import from bench/ and bench/ never imports fro
 - ``put_in_hf_cache``: a saved folder placed in a Hugging Face hub cache under a repo id, in the layout a download
   leaves (blobs, snapshots/<commit>, refs/main), so the real hub-loading code runs offline (``HF_HUB_OFFLINE=1``).
 - ``fill_paper_hub_cache``: stand-ins for both hub repos smart.py's defaults load.
+- ``make_tiny_clap``: a small random-weight CLAP model with its processor (the real feature extractor settings,
+  a byte-level BPE tokenizer trained here on a few sentences), saved as the laion hub repos hold theirs.
+- ``fill_clap_hub_cache``: that stand-in under laion/larger_clap_music and laion/larger_clap_general.
 """
 
 from __future__ import annotations
@@ -122,3 +125,49 @@ def fill_paper_hub_cache(hf_home: Path, workdir: Path, **policy_size: int) -> di
     hub_cache = hf_home / "hub"
     return {POLICY_HUB_ID: put_in_hf_cache(POLICY_HUB_ID, policy, hub_cache),
             AUDIOBOX_HUB_ID: put_in_hf_cache(AUDIOBOX_HUB_ID, audiobox, hub_cache)}
+
+
+CLAP_HUB_IDS = ("laion/larger_clap_music", "laion/larger_clap_general")  # the CLAP rewards' defaults
+CLAP_TOKENIZER_TEXTS = ("jazz", "a calm piano piece", "beautiful, high quality, amazing music", "dissonant glitch")
+
+
+def clap_tokenizer():
+    """A RoBERTa tokenizer (CLAP's text side) over a byte-level BPE trained on a few sentences: any text encodes,
+    and the special tokens have RoBERTa's ids (<pad> = 1, CLAP's padding index)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
+    from transformers import RobertaTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(CLAP_TOKENIZER_TEXTS, vocab_size=300, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    bpe.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
+    return RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+                                model_max_length=512)
+
+
+def make_tiny_clap(directory: Path, seed: int = 0) -> Path:
+    """A ~30k-parameter random ClapModel (1 text layer, 2 small HTSAT stages, unfused) with a ClapProcessor whose
+    feature extractor is the default one (48 kHz, 10 s, 64 mel bins), so clips take the real input path."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
+
+    torch.manual_seed(seed)
+    tokenizer = clap_tokenizer()
+    config = ClapConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=514),
+        audio_config=dict(depths=[1, 1], num_attention_heads=[1, 2], patch_embeds_hidden_size=8, hidden_size=16,
+                          projection_hidden_size=32, enable_fusion=False),
+        projection_dim=16,
+    )
+    ClapModel(config).save_pretrained(directory)
+    extractor = ClapFeatureExtractor(truncation="rand_trunc")  # unfused model: one mel per clip
+    ClapProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(directory)
+    return directory
+
+
+def fill_clap_hub_cache(hub_cache: Path, workdir: Path) -> dict[str, str]:
+    """The CLAP stand-in in ``hub_cache`` under both laion hub ids: repo id -> commit."""
+    clap = make_tiny_clap(workdir / "clap")
+    return {repo_id: put_in_hf_cache(repo_id, clap, hub_cache) for repo_id in CLAP_HUB_IDS}

@@ -174,3 +174,11 @@ def test_the_fuzz_bench_runs_and_reports_zero_failures(capsys):
     assert fuzz_rewards.main(["--n", "48", "--batch", "24", "--seconds", "1", "--sample-rate", "16000"]) == 0
     out = capsys.readouterr().out
     assert out.rstrip().endswith("failures: 0") and "decode: no notes" in out
+
+
+def test_the_fuzz_bench_with_the_clap_rewards_reports_zero_failures(capsys):
+    """The CLAP rewards on a random stand-in CLAP: silent clips (empty scores) get their logged fallback."""
+    assert fuzz_rewards.main(["--n", "24", "--batch", "24", "--seconds", "1", "--sample-rate", "16000",
+                              "--clap", "standin"]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("failures: 0") and "CLAPPromptRewardProcessor: silent clip" in out

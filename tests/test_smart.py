@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import soundfonts
 from conftest import ROOT
+from pam_prompts import PROMPT_PAIRS
 from preflight import check_config
 from soundfonts import SoundfontNotFound, resolve_soundfont
 
@@ -24,6 +25,12 @@ PAPER_DEFAULTS = dict(
     AUDIO_SAVE_INTERVAL=10, BASE_MODEL_PATH="lucacasini/metamidipianophi3_4L", LOSS_TYPE="bnpo", TOP_K=50,
     TOP_P=1.0, REPORT_TO="none", TRUST_REMOTE_CODE=False, AUDIOBOX_CHECKPOINT=None, FP32_WEIGHTS=False,
     AUDIOBOX_BATCH_SIZE=None, IS_MULTITRACK=None,
+    # the original's CLAP rewards (its processors.py and the calls in its training scripts)
+    CLAP_PROMPT="jazz", CLAP_K=8, CLAP_MODEL="laion/larger_clap_music",
+    CLAP_CLF_PROMPT="beautiful, high quality, amazing music, natural, calming",
+    CLAP_REFERENCE_PROMPTS=["dissonant, low quality, caucophonous music, glitch, midi"], CLAP_TEMPERATURE=0.25,
+    CLAP_CLF_MODEL="laion/larger_clap_general", PAM_PROMPTS=[dict(p) for p in PROMPT_PAIRS], PAM_TEMPERATURE=0.25,
+    PAM_MODEL="laion/larger_clap_general", CLAP_BATCH_SIZE=None,
 )
 
 
