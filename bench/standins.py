@@ -147,9 +147,10 @@ def clap_tokenizer():
                                 model_max_length=512)
 
 
-def make_tiny_clap(directory: Path, seed: int = 0) -> Path:
+def make_tiny_clap(directory: Path, seed: int = 0, audio_config: dict | None = None) -> Path:
     """A ~30k-parameter random ClapModel (1 text layer, 2 small HTSAT stages, unfused) with a ClapProcessor whose
-    feature extractor is the default one (48 kHz, 10 s, 64 mel bins), so clips take the real input path."""
+    feature extractor is the default one (48 kHz, 10 s, 64 mel bins), so clips take the real input path.
+    ``audio_config`` replaces the audio encoder's sizes (bench/reward_costs.py times a full-size one)."""
     from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
 
     torch.manual_seed(seed)
@@ -157,8 +158,8 @@ def make_tiny_clap(directory: Path, seed: int = 0) -> Path:
     config = ClapConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=514),
-        audio_config=dict(depths=[1, 1], num_attention_heads=[1, 2], patch_embeds_hidden_size=8, hidden_size=16,
-                          projection_hidden_size=32, enable_fusion=False),
+        audio_config=audio_config or dict(depths=[1, 1], num_attention_heads=[1, 2], patch_embeds_hidden_size=8,
+                                          hidden_size=16, projection_hidden_size=32, enable_fusion=False),
         projection_dim=16,
     )
     ClapModel(config).save_pretrained(directory)

@@ -1,0 +1,111 @@
+"""Benchmark (not a test): what each stage and each registered reward costs per clip on this machine.
+
+    python bench/reward_costs.py                      # 64 completions of the shipped model; CLAP at larger_clap's size
+    python bench/reward_costs.py --clap-size tiny     # the tests' tiny CLAP stand-in (seconds, not representative)
+    python bench/reward_costs.py --clips 16
+
+The batch is bench/reward_pipeline.py's: 64 seeded completions x 256 tokens from ``models/piano-tiny`` (8 prompts x
+8 generations, so ``group_diversity`` sees 8 GRPO groups), decoded, cropped to 100 beats and rendered as smart.py
+does (10 s at 48 kHz with TimGM6mb, in-process). Then every reward processor in ``processors.REWARD_PROCESSORS``
+is built once and timed on copies of the same records, its model already loaded (loading is a one-off cost).
+
+Model-based rewards run random weights of the real architecture, which cost what the real weights cost: Audiobox
+at full size (bench/standins.py), and CLAP with the audio encoder of laion's "larger" checkpoints (HTSAT-base:
+128-wide patch embedding, stages of depth 2, 2, 12, 2, as we read the published configuration; the text side,
+used once per run for the prompts, is small). The last column is the seconds per clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if not __package__:  # run as `python bench/x.py`: the repository root on the path instead of bench/
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench.reward_pipeline import MAX_AUDIO_DURATION, MAX_BEATS, SAMPLE_RATE, make_completions  # noqa: E402
+from bench.standins import make_audiobox_checkpoint, make_tiny_clap  # noqa: E402
+from processors import (  # noqa: E402
+    REWARD_PROCESSORS,
+    MidiTokToSymusicProcessor,
+    Processor,
+    Record,
+    RewardSettings,
+    TinySoundfontSynthProcessor,
+)
+from soundfonts import resolve_soundfont  # noqa: E402
+
+# laion/larger_clap_*'s audio encoder (HTSAT-base), as we read its published config; the weights are random.
+LARGER_CLAP_AUDIO = dict(depths=[2, 2, 12, 2], num_attention_heads=[4, 8, 16, 32], patch_embeds_hidden_size=128,
+                         hidden_size=1024, projection_hidden_size=768, enable_fusion=False)
+
+
+def copies(records: list[Record]) -> list[Record]:
+    """Records as the reward stage receives them: shared scores and audio, fresh reward fields."""
+    fresh = []
+    for record in records:
+        clone = copy.copy(record)
+        clone["normalized_rewards"], clone["errors"] = {}, list(record["errors"])
+        fresh.append(clone)
+    return fresh
+
+
+def timed(processor: Processor, records: list[Record]) -> float:
+    """Seconds for one call of ``processor`` on the batch (after one warm-up call on two records)."""
+    processor(copies(records[:2]))
+    start = time.perf_counter()
+    processor(records)
+    return time.perf_counter() - start
+
+
+def reward_names_by_class() -> dict[type, list[str]]:
+    """Each registered processor class and the reward names it is registered under, in registry order."""
+    names: dict[type, list[str]] = {}
+    for name, cls in REWARD_PROCESSORS.items():
+        names.setdefault(cls, []).append(name)
+    return names
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=64, help="completions timed (a multiple of 8)")
+    parser.add_argument("--clap-size", choices=("larger", "tiny"), default="larger")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        print("[costs] sampling the completions, building the stand-ins ...", flush=True)
+        model_name, remi, records, _ = make_completions(workdir)
+        records = records[: args.clips]
+        clap = make_tiny_clap(workdir / "clap", audio_config=LARGER_CLAP_AUDIO if args.clap_size == "larger" else None)
+        settings = RewardSettings(
+            audiobox_checkpoint=str(make_audiobox_checkpoint(workdir / "audiobox.pt")), sample_rate=SAMPLE_RATE,
+            max_audio_seconds=MAX_AUDIO_DURATION, clap_model=str(clap), clap_clf_model=str(clap), pam_model=str(clap),
+        )
+        rows = []
+        decode = MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=MAX_BEATS)
+        rows.append(("decode (miditok -> symusic)", "MidiTokToSymusicProcessor", timed(decode, records)))
+        render = TinySoundfontSynthProcessor(resolve_soundfont("timgm6mb"), SAMPLE_RATE, MAX_AUDIO_DURATION)
+        rows.append(("render (TinySoundFont, 1 process)", "TinySoundfontSynthProcessor", timed(render, records)))
+        for cls, names in reward_names_by_class().items():
+            print(f"[costs] {cls.__name__} ...", flush=True)
+            processor = cls.from_settings(settings) if hasattr(cls, "from_settings") else cls()
+            shown = ", ".join(names) if len(names) <= 4 else f"{len(names)} names: {', '.join(names[:2])}, ..."
+            rows.append((shown, cls.__name__, timed(processor, copies(records))))
+    print(f"\n{len(records)} clips of {model_name}, {MAX_AUDIO_DURATION} s at {SAMPLE_RATE} Hz, "
+          f"{torch.get_num_threads()} torch threads, CLAP: {args.clap_size}\n")
+    print(f"| {'stage / reward':40} | {'processor':42} | {'s / batch':>9} | {'ms / clip':>9} |")
+    print(f"|{'-' * 42}|{'-' * 44}|{'-' * 11}|{'-' * 11}|")
+    for shown, cls_name, seconds in rows:
+        print(f"| {shown:40} | {cls_name:42} | {seconds:9.3f} | {1000 * seconds / len(records):9.2f} |")
+
+
+if __name__ == "__main__":
+    main()
