@@ -326,18 +326,24 @@ def descriptor_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 0.25 * np.abs(a - b).sum(axis=-1)
 
 
+def pairwise_distances(descriptors: Sequence[np.ndarray]) -> np.ndarray:
+    """The (n, n) matrix of ``descriptor_distance`` between every two of n >= 1 descriptors (0 on the diagonal):
+    the one definition both a set's diversity (``mean_pairwise_distance``) and the group_diversity reward use."""
+    stacked = np.stack(descriptors)
+    return descriptor_distance(stacked[:, None, :], stacked[None, :, :])
+
+
 def mean_pairwise_distance(scores: Sequence[symusic.Score]) -> float:
     """Diversity of a set: mean ``descriptor_distance`` over all pairs of scores with notes (NaN below two).
 
     0 when every sample uses the same pitch classes with the same rhythm; higher is more diverse. Note-less
     samples are left out because they have no descriptor.
     """
-    descriptors = np.array([d for d in map(style_descriptor, scores) if d is not None])
+    descriptors = [d for d in map(style_descriptor, scores) if d is not None]
     n = len(descriptors)
     if n < 2:
         return math.nan
-    total = sum(descriptor_distance(descriptors[i + 1:], descriptors[i]).sum() for i in range(n - 1))
-    return float(total / (n * (n - 1) / 2))
+    return float(pairwise_distances(descriptors)[np.triu_indices(n, k=1)].mean())
 
 
 def near_duplicate_share(

@@ -19,6 +19,7 @@ from features import score_seconds
 AUDIOBOX_WINDOW_SECONDS = 10  # the predictor scores 10 s windows (a property of the model, not a setting)
 DEFAULT_SAMPLE_RATE = 48000  # the original's render rate (Hz); smart.py's SAMPLE_RATE
 DEFAULT_MAX_AUDIO_SECONDS = AUDIOBOX_WINDOW_SECONDS  # the original's render length: one Audiobox window
+DEFAULT_NUM_GENERATIONS = 8  # completions per prompt, consecutive in TRL's batch (smart.py's NUM_GENERATIONS)
 
 
 class Record(TypedDict, total=False):
@@ -81,6 +82,7 @@ class RewardSettings:
     audiobox_batch_size: int | None = None  # clips per Audiobox forward; None: from free GPU memory
     device: torch.device | None = None  # where models run; None: devices.compute_device()
     max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS  # the rendered clips' cap (MAX_AUDIO_DURATION)
+    num_generations: int = DEFAULT_NUM_GENERATIONS  # GRPO group size (NUM_GENERATIONS), for group-level rewards
 
 
 class Processor:

@@ -26,8 +26,11 @@ from run_folder import (
     save_config,
 )
 
-if typing.TYPE_CHECKING:  # for the annotation only (TRL loads after the checks, below); not an UPPERCASE knob
+if typing.TYPE_CHECKING:  # for the annotations only (TRL loads after the checks, below); not UPPERCASE knobs
+    import torch
     from trl import GRPOConfig
+
+    from processor_base import RewardSettings
 
 # --- reproducibility ---------------------------------------------------------------------------------------------
 SEED = 1  # seed for the prompts (the original's SEED; the paper-era scripts used 0)
@@ -111,6 +114,16 @@ def grpo_config(run_dir: Path, on_gpu: bool, bf16_native: bool, model_init_kwarg
     )
 
 
+def reward_settings(device: "torch.device") -> "RewardSettings":
+    """What the reward processors are built with (``processors.reward_processors_for``), read from the constants."""
+    from processor_base import RewardSettings  # here, not at the top: it imports torch
+
+    return RewardSettings(
+        audiobox_checkpoint=AUDIOBOX_CHECKPOINT, audiobox_batch_size=AUDIOBOX_BATCH_SIZE, device=device,
+        max_audio_seconds=MAX_AUDIO_DURATION, num_generations=NUM_GENERATIONS,
+    )
+
+
 def warn_about_weights_dtype(dtype: str, bf16: bool) -> None:
     """Warn when bf16 mixed precision would train weights that are not fp32 (no fp32 master copy: small updates
     are lost). ``dtype`` is the policy's, as run_record.json names it."""
@@ -162,7 +175,6 @@ if __name__ == "__main__":
         REWARD_PROCESSORS,
         AudioBoxAesRewardProcessor,
         MidiTokToSymusicProcessor,
-        RewardSettings,
         TinySoundfontSynthProcessor,
         reward_processors_for,
     )
@@ -220,7 +232,6 @@ if __name__ == "__main__":
 
     # --- the reward chain -----------------------------------------------------------------------------------------
     soundfont_path = resolve_soundfont(SOUNDFONT)
-    reward_settings = RewardSettings(AUDIOBOX_CHECKPOINT, AUDIOBOX_BATCH_SIZE, device, MAX_AUDIO_DURATION)
     reward_manager = RewardManager(
         processors=[
             MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=MAX_BEATS),
@@ -228,7 +239,7 @@ if __name__ == "__main__":
                 soundfont_path, SAMPLE_RATE, MAX_AUDIO_DURATION,
                 num_workers=default_render_workers(BATCH_SIZE) if RENDER_WORKERS is None else RENDER_WORKERS,
             ),
-            *reward_processors_for(REWARD_WEIGHTS, reward_settings),
+            *reward_processors_for(REWARD_WEIGHTS, reward_settings(device)),
         ],
         reward_weights=REWARD_WEIGHTS,
         output_dir=run_dir,
