@@ -464,9 +464,9 @@ def mean_distance_to_others(descriptors: list[np.ndarray | None]) -> list[float]
     with_notes = [i for i, descriptor in enumerate(descriptors) if descriptor is not None]
     if len(descriptors) < 2 or not with_notes:
         return values
-    distances = features.pairwise_distances([descriptors[i] for i in with_notes])
-    for i, row in zip(with_notes, distances):
-        values[i] = float(row.sum() / (len(descriptors) - 1))
+    sums = features.summed_distances([descriptors[i] for i in with_notes])
+    for i, total in zip(with_notes, sums):
+        values[i] = float(total / (len(descriptors) - 1))
     return values
 
 
