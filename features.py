@@ -336,18 +336,25 @@ def descriptor_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 0.25 * np.abs(a - b).sum(axis=-1)
 
 
+def summed_distances(descriptors: Sequence[np.ndarray]) -> np.ndarray:
+    """Each of n >= 1 descriptors' summed ``descriptor_distance`` to all the others, as an (n,) array: what both a
+    set's diversity (``mean_pairwise_distance``) and the group_diversity reward are made of. Row by row, so a set
+    of thousands of pieces (an evaluated MIDI folder) needs no n x n x 24 array."""
+    stacked = np.stack(descriptors)
+    return np.array([descriptor_distance(stacked, row).sum() for row in stacked])
+
+
 def mean_pairwise_distance(scores: Sequence[symusic.Score]) -> float:
     """Diversity of a set: mean ``descriptor_distance`` over all pairs of scores with notes (NaN below two).
 
     0 when every sample uses the same pitch classes with the same rhythm; higher is more diverse. Note-less
     samples are left out because they have no descriptor.
     """
-    descriptors = np.array([d for d in map(style_descriptor, scores) if d is not None])
+    descriptors = [d for d in map(style_descriptor, scores) if d is not None]
     n = len(descriptors)
     if n < 2:
         return math.nan
-    total = sum(descriptor_distance(descriptors[i + 1:], descriptors[i]).sum() for i in range(n - 1))
-    return float(total / (n * (n - 1) / 2))
+    return float(summed_distances(descriptors).sum() / (n * (n - 1)))
 
 
 def near_duplicate_share(

@@ -21,6 +21,7 @@ from pam_prompts import PROMPT_PAIRS, PromptPair
 AUDIOBOX_WINDOW_SECONDS = 10  # the predictor scores 10 s windows (a property of the model, not a setting)
 DEFAULT_SAMPLE_RATE = 48000  # the original's render rate (Hz); smart.py's SAMPLE_RATE
 DEFAULT_MAX_AUDIO_SECONDS = AUDIOBOX_WINDOW_SECONDS  # the original's render length: one Audiobox window
+DEFAULT_NUM_GENERATIONS = 8  # completions per prompt, consecutive in TRL's batch (smart.py's NUM_GENERATIONS)
 
 
 class Record(TypedDict, total=False):
@@ -87,6 +88,7 @@ class RewardSettings:
     device: torch.device | None = None  # where models run; None: devices.compute_device()
     max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS  # the rendered clips' cap (MAX_AUDIO_DURATION)
     sample_rate: int = DEFAULT_SAMPLE_RATE  # the render rate (SAMPLE_RATE)
+    num_generations: int = DEFAULT_NUM_GENERATIONS  # GRPO group size (NUM_GENERATIONS), for group-level rewards
     clap_prompt: str = "jazz"  # CLAP_PROMPT
     clap_k: int = 8  # CLAP_K (kept, unused, as in the original)
     clap_model: str = "laion/larger_clap_music"  # CLAP_MODEL
@@ -112,8 +114,8 @@ class RewardSettings:
 
 SETTINGS_KEYS = {  # RewardSettings field -> the smart.py constant it comes from
     "audiobox_checkpoint": "AUDIOBOX_CHECKPOINT", "audiobox_batch_size": "AUDIOBOX_BATCH_SIZE",
-    "max_audio_seconds": "MAX_AUDIO_DURATION", "sample_rate": "SAMPLE_RATE", "clap_prompt": "CLAP_PROMPT",
-    "clap_k": "CLAP_K", "clap_model": "CLAP_MODEL", "clap_clf_prompt": "CLAP_CLF_PROMPT",
+    "max_audio_seconds": "MAX_AUDIO_DURATION", "sample_rate": "SAMPLE_RATE", "num_generations": "NUM_GENERATIONS",
+    "clap_prompt": "CLAP_PROMPT", "clap_k": "CLAP_K", "clap_model": "CLAP_MODEL", "clap_clf_prompt": "CLAP_CLF_PROMPT",
     "clap_reference_prompts": "CLAP_REFERENCE_PROMPTS", "clap_clf_model": "CLAP_CLF_MODEL",
     "clap_temperature": "CLAP_TEMPERATURE", "pam_prompts": "PAM_PROMPTS", "pam_temperature": "PAM_TEMPERATURE",
     "pam_model": "PAM_MODEL", "clap_batch_size": "CLAP_BATCH_SIZE",

@@ -43,6 +43,7 @@ from multitrack import TrackPromptAdherenceRewardProcessor as TrackPromptAdheren
 from processor_base import (
     AUDIOBOX_WINDOW_SECONDS,
     DEFAULT_MAX_AUDIO_SECONDS,
+    DEFAULT_NUM_GENERATIONS,
     Processor,
     Record,
     RewardSettings,
@@ -530,6 +531,93 @@ class AudioActivityReward(Processor):
         return records
 
 
+def prompt_key(record: Record) -> tuple[str | None, tuple[int, ...] | None]:
+    """What identifies a record's prompt: its text and its token ids (``prompt_and_completion`` without the
+    completion). A record that entered the chain without a prompt (``score_record``) has ``(None, None)``."""
+    ids, completion = record.get("prompt_and_completion"), record.get("completion")
+    prefix = None if ids is None or completion is None else tuple(ids[: len(ids) - len(completion)])
+    return record.get("prompt"), prefix
+
+
+def grpo_groups(records: list[Record], size: int) -> tuple[list[list[int]], str | None]:
+    """The batch's GRPO groups as lists of record positions, and why they are not TRL's own (None when they are).
+
+    TRL's sampler puts each prompt's ``size`` completions next to each other, so the groups are the consecutive
+    blocks of ``size`` records, provided every block holds one prompt. When the batch does not split that way
+    (its length is not a multiple of ``size``, or a block mixes prompts: a group split across ranks), the
+    records are grouped by identical prompt instead, which merges two groups that drew the same prompt.
+    """
+    keys = [prompt_key(record) for record in records]
+    blocks = [list(range(start, min(start + size, len(records)))) for start in range(0, len(records), size)]
+    if len(records) % size == 0 and all(len({keys[i] for i in block}) == 1 for block in blocks):
+        return blocks, None
+    by_prompt: dict[tuple[str | None, tuple[int, ...] | None], list[int]] = {}
+    for position, key in enumerate(keys):
+        by_prompt.setdefault(key, []).append(position)
+    reason = (f"the batch of {len(records)} does not split into blocks of {size} completions of one prompt; "
+              f"grouped by identical prompt instead ({len(by_prompt)} groups)")
+    return list(by_prompt.values()), reason
+
+
+def mean_distance_to_others(descriptors: list[np.ndarray | None]) -> list[float]:
+    """Each descriptor's mean ``features.descriptor_distance`` to the OTHER descriptors of its group, in [0, 1].
+
+    None (a note-less piece) gets 0, and as another's partner it counts as distance 0: a pair with an empty piece
+    adds no diversity. The denominator is always the group size - 1, so emptying a partner never raises anyone's
+    reward (counting it as distance 1 would: when a group's pieces are alike, a few empty ones would raise its
+    mean). A group of one has no other to differ from: 0.
+    """
+    values = [0.0] * len(descriptors)
+    with_notes = [i for i, descriptor in enumerate(descriptors) if descriptor is not None]
+    if len(descriptors) < 2 or not with_notes:
+        return values
+    sums = features.summed_distances([descriptors[i] for i in with_notes])
+    for i, total in zip(with_notes, sums):
+        values[i] = float(total / (len(descriptors) - 1))
+    return values
+
+
+class GroupDiversityReward(Processor):
+    """Batch-level reward ``group_diversity``: each completion's mean style distance to the other completions of
+    its GRPO group, in [0, 1] (new; not in the original). The paper saw that optimising Audiobox CE collapses
+    diversity (every piece alike); this rewards a completion for differing from its siblings, as a counterweight.
+
+    The distance is evaluation's diversity measure, ``features.descriptor_distance`` between ``style_descriptor``s
+    (pitch-class and onset-in-beat histograms), so the group mean of this reward is the group's
+    ``mean_pairwise_distance`` when every piece has notes. Groups are found by ``grpo_groups``; when they are not
+    TRL's consecutive blocks, every record says so in ``errors`` (and the first time, on the console). Note-less
+    pieces score 0 and add nothing to their siblings' rewards (``mean_distance_to_others``). Records without a
+    prompt (evaluation's score records) share one "no prompt" key: the chunk scored at once is their group.
+
+    On its own it can be met by sparse pieces with random pitch classes (a one-note piece is far from everything),
+    so it is meant beside a quality reward, as a regulariser.
+    """
+
+    def __init__(self, num_generations: int = DEFAULT_NUM_GENERATIONS):
+        if num_generations < 1:
+            raise ValueError(f"num_generations={num_generations!r}: give the completions per prompt (>= 1)")
+        self.num_generations = num_generations
+        self.warned = False
+
+    @classmethod
+    def from_settings(cls, settings: RewardSettings) -> GroupDiversityReward:
+        return cls(settings.num_generations)
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        groups, reason = grpo_groups(records, self.num_generations)
+        if reason is not None:
+            for record in records:
+                add_error(record, f"group_diversity: {reason}")
+            if not self.warned:
+                print(f"[group_diversity] warning: {reason} (noted in each record's errors)", flush=True)
+                self.warned = True
+        for group in groups:
+            descriptors = [features.style_descriptor(records[i]["sm"]) for i in group]
+            for i, value in zip(group, mean_distance_to_others(descriptors)):
+                records[i]["normalized_rewards"]["group_diversity"] = value
+        return records
+
+
 # Reward name -> the processor class that writes it. smart.py builds its chain from REWARD_WEIGHTS through this
 # table (``reward_processors_for``); register a new reward here to make it usable from a config. A class is built
 # with ``from_settings(RewardSettings)``: a plain class with a no-argument constructor works as it is.
@@ -548,6 +636,7 @@ REWARD_PROCESSORS: dict[str, type[Processor]] = {
     # PAM writes one reward per prompt pair, named by the pair's shorthand (PAM_PROMPTS), plus pam_avg: the
     # default pairs' names are registered here, and reward_class also knows the shorthands of the run's pairs.
     **dict.fromkeys(sorted(pam_reward_names(RewardSettings().pam_prompts)), PamRewardProcessor),
+    "group_diversity": GroupDiversityReward,
 }
 
 
