@@ -48,10 +48,9 @@ from generate import (
 )
 from midi_tokenizer import load_tokenizers
 from processors import (
-    AES_AXES,
     DEFAULT_MAX_AUDIO_SECONDS,
     DEFAULT_SAMPLE_RATE,
-    REWARD_PROCESSORS,
+    STANDALONE_REWARDS,
     MidiTokToSymusicProcessor,
     TinySoundfontSynthProcessor,
     crop_score,
@@ -72,7 +71,6 @@ MIN_SECONDS = 8.0  # the paper's rule: a piece lasts at least 8 s ...
 MAX_EMPTY_BEAT_RATE = 0.0  # ... and has no empty beat
 PEAK_CEILING_DB = -1.0  # no clip is amplified above this sample peak (dBFS): a louder target is lowered for all
 FALLBACK_SOUNDFONT = "timgm6mb"  # always installed (pretty_midi's wheel)
-WEIGHT_FREE_REWARDS = tuple(name for name in REWARD_PROCESSORS if name not in AES_AXES)
 # The original sampled with max_length=512 *including* the paper's 4-token prompt.
 STUDY_GENERATION = GenerationSettings(n=15, seed=42, max_new_tokens=508, max_beats=None)
 
@@ -328,7 +326,7 @@ def build_study(
         else:
             pieces += folder_pieces(name, Path(source), prompts, generation.max_beats)
 
-    scorers = ([aes] if aes else []) + named_reward_processors(WEIGHT_FREE_REWARDS)
+    scorers = ([aes] if aes else []) + named_reward_processors(STANDALONE_REWARDS)
     synth = TinySoundfontSynthProcessor(sf_path, SAMPLE_RATE, CLIP_SECONDS)
     audio: dict[int, np.ndarray] = {}
     values = audio_scores([p.score for p in pieces], synth, scorers, "rendering and scoring clips",

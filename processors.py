@@ -640,6 +640,11 @@ REWARD_PROCESSORS: dict[str, type[Processor]] = {
 }
 
 
+# The rewards that need no model weights and score each clip on its own (no multi-track prompt, no GRPO group):
+# what a tool that scores single pieces can always compute (listen.py's manifest).
+STANDALONE_REWARDS = ("scale_consistency", "note_density", "filled_beats", "audio_activity")
+
+
 def reward_class(name: str, settings: RewardSettings = RewardSettings()) -> type[Processor] | None:
     """The processor class that writes reward ``name`` in a run with ``settings``, or None if none does.
 

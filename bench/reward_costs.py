@@ -7,7 +7,8 @@
 The batch is bench/reward_pipeline.py's: 64 seeded completions x 256 tokens from ``models/piano-tiny`` (8 prompts x
 8 generations, so ``group_diversity`` sees 8 GRPO groups), decoded, cropped to 100 beats and rendered as smart.py
 does (10 s at 48 kHz with TimGM6mb, in-process). Then every reward processor in ``processors.REWARD_PROCESSORS``
-is built once and timed on copies of the same records, its model already loaded (loading is a one-off cost).
+is built once and timed on copies of the same records, its model already loaded (loading is a one-off cost),
+and every reward it writes is checked to be in [0, 1] for every clip (the exit status is 1 otherwise).
 
 Model-based rewards run random weights of the real architecture, which cost what the real weights cost: Audiobox
 at full size (bench/standins.py), and CLAP with the audio encoder of laion's "larger" checkpoints (HTSAT-base:
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import sys
 import tempfile
 import time
@@ -65,6 +67,16 @@ def timed(processor: Processor, records: list[Record]) -> float:
     return time.perf_counter() - start
 
 
+def out_of_range(records: list[Record], names: list[str]) -> list[str]:
+    """The rewards among ``names`` that some record lacks or has outside [0, 1] (the bench then exits with 1)."""
+    bad = []
+    for name in names:
+        values = [record["normalized_rewards"].get(name) for record in records]
+        if not all(isinstance(v, float) and math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
+            bad.append(name)
+    return bad
+
+
 def reward_names_by_class() -> dict[type, list[str]]:
     """Each registered processor class and the reward names it is registered under, in registry order."""
     names: dict[type, list[str]] = {}
@@ -89,7 +101,7 @@ def main() -> None:
             audiobox_checkpoint=str(make_audiobox_checkpoint(workdir / "audiobox.pt")), sample_rate=SAMPLE_RATE,
             max_audio_seconds=MAX_AUDIO_DURATION, clap_model=str(clap), clap_clf_model=str(clap), pam_model=str(clap),
         )
-        rows = []
+        rows, bad = [], []
         decode = MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=MAX_BEATS)
         rows.append(("decode (miditok -> symusic)", "MidiTokToSymusicProcessor", timed(decode, records)))
         render = TinySoundfontSynthProcessor(resolve_soundfont("timgm6mb"), SAMPLE_RATE, MAX_AUDIO_DURATION)
@@ -98,13 +110,17 @@ def main() -> None:
             print(f"[costs] {cls.__name__} ...", flush=True)
             processor = cls.from_settings(settings) if hasattr(cls, "from_settings") else cls()
             shown = ", ".join(names) if len(names) <= 4 else f"{len(names)} names: {', '.join(names[:2])}, ..."
-            rows.append((shown, cls.__name__, timed(processor, copies(records))))
+            batch = copies(records)
+            rows.append((shown, cls.__name__, timed(processor, batch)))
+            bad += out_of_range(batch, names)
     print(f"\n{len(records)} clips of {model_name}, {MAX_AUDIO_DURATION} s at {SAMPLE_RATE} Hz, "
           f"{torch.get_num_threads()} torch threads, CLAP: {args.clap_size}\n")
     print(f"| {'stage / reward':40} | {'processor':42} | {'s / batch':>9} | {'ms / clip':>9} |")
     print(f"|{'-' * 42}|{'-' * 44}|{'-' * 11}|{'-' * 11}|")
     for shown, cls_name, seconds in rows:
         print(f"| {shown:40} | {cls_name:42} | {seconds:9.3f} | {1000 * seconds / len(records):9.2f} |")
+    print(f"\nrewards outside [0, 1] or missing: {bad or 'none'}")
+    sys.exit(1 if bad else 0)
 
 
 if __name__ == "__main__":

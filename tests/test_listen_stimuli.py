@@ -23,11 +23,11 @@ from listen_stimuli import (
     MANIFEST,
     PEAK_CEILING_DB,
     STUDY_GENERATION,
-    WEIGHT_FREE_REWARDS,
     build_study,
     integrated_loudness,
     loudness_target,
 )
+from processors import STANDALONE_REWARDS
 from soundfonts import resolve_soundfont
 
 CLIP_NAME = re.compile(r"stimuli/[0-9a-f]{12}\.wav")
@@ -61,7 +61,7 @@ def test_manifest_records_prompt_system_seed_soundfont_and_scores(folder_study):
         assert {"id", "file", "system", "prompt_index", "prompt", "seed", "tries", "passed_rule", "duration_s",
                 "empty_beat_rate", "soundfont_sha256", "scores", "gain_db"} <= set(clip)
         assert clip["soundfont_sha256"] == digest
-        assert set(clip["scores"]) == {f"reward_{name}" for name in WEIGHT_FREE_REWARDS}
+        assert set(clip["scores"]) == {f"reward_{name}" for name in STANDALONE_REWARDS}
         assert all(0 <= value <= 1 for value in clip["scores"].values())
         assert (study / clip["file"]).is_file() and (study / clip["midi"]).is_file()
     assert "no checkpoint given" in manifest["scores"]["audiobox_skipped"]  # Audiobox only when asked for

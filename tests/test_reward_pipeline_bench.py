@@ -27,3 +27,18 @@ def test_the_reward_pipeline_bench_runs_and_the_pipelines_agree():
     assert "max |audio (a) - (b)| 0.0e+00 (" in equality and "0.0e+00 (1 worker)" in equality  # README: "0.0"
     name, value = lines[-1].split(": ")
     assert name == "speedup" and float(value) > 0
+
+
+def test_the_reward_cost_bench_times_every_registered_reward():
+    """bench/reward_costs.py (the README's cost column) builds and times every registered processor, and exits 0
+    only when each of their rewards is in [0, 1] for every clip."""
+    from processors import REWARD_PROCESSORS
+
+    result = subprocess.run([sys.executable, "bench/reward_costs.py", "--clips", "8", "--clap-size", "tiny"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| ") and "ms / clip" not in line]
+    timed = {cells[2].strip(): float(cells[4]) for cells in rows}
+    assert set(timed) == {cls.__name__ for cls in REWARD_PROCESSORS.values()} | {
+        "MidiTokToSymusicProcessor", "TinySoundfontSynthProcessor"}
+    assert all(seconds >= 0 for seconds in timed.values())
