@@ -17,14 +17,22 @@ from __future__ import annotations
 
 import ast
 import difflib
+import json
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
+from smart_utils.run_folder import RUN_CONFIG_FILE, read_run_config, saved_config_files
+
 
 class ConfigError(ValueError):
     """A bad override: unknown key, wrong type, unreadable config file."""
+
+
+# Every config file's namespace, kept alive: a reward processor a config file defines stays a listed subclass of
+# processors.Processor (subclass lists hold only weak references) for as long as the run lasts.
+CONFIG_NAMESPACES: list[dict[str, Any]] = []
 
 
 def is_knob(name: str) -> bool:
@@ -77,8 +85,9 @@ def _read_config_file(path: str) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"config file {path!r} does not exist (arguments are config files or --KEY=value)")
-    namespace: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"__name__": f"config:{file.name}"}
     exec(compile(file.read_text(), str(file), "exec"), namespace)
+    CONFIG_NAMESPACES.append(namespace)
     return {key: value for key, value in namespace.items() if is_knob(key)}
 
 
@@ -119,3 +128,38 @@ def apply_overrides(namespace: dict[str, Any], argv: list[str]) -> dict[str, Any
         else:
             apply_values(namespace, _read_config_file(arg), arg)
     return {key: value for key, value in namespace.items() if is_knob(key)}
+
+
+def config_files(argv: list[str]) -> list[str]:
+    """The arguments that are config files (the rest are ``--KEY=value`` flags), in the order they apply."""
+    return [arg for arg in argv if not arg.startswith("--")]
+
+
+def resumed_config(namespace: dict[str, Any], argv: list[str], run_dir: str) -> dict[str, Any]:
+    """Apply the constants a run was started with (its smart_config.json) to ``namespace``, to continue it.
+
+    The run's copies of its config files run first, for what they define besides constants (a reward processor
+    class, say); their constants are then replaced by the saved ones, so a config file edited since changes nothing.
+    """
+    if len(argv) > 1 or not argv[0].startswith("--RESUME="):
+        raise ConfigError("--RESUME continues a run with its saved config; give no other arguments")
+    saved = Path(run_dir) / RUN_CONFIG_FILE
+    if not saved.is_file():
+        raise ConfigError(f"RESUME={run_dir!r} has no {RUN_CONFIG_FILE}; give a run directory made by smart.py")
+    for copy in saved_config_files(run_dir):
+        _read_config_file(str(copy))
+    values = {k: v for k, v in json.loads(saved.read_text())["config"].items() if k != "RESUME"}
+    apply_values(namespace, {**values, "OUTPUT_DIR": run_dir}, str(saved))
+    return {**values, "RESUME": run_dir, "OUTPUT_DIR": run_dir}
+
+
+def smart_constants(run_dir: str | Path | None = None) -> dict[str, Any]:
+    """smart.py's constants: its defaults, with a run's saved ones (``run_dir``) over them. A tool that works
+    without a run (evaluation of MIDI folders, the listening study) takes smart.py's defaults from here, so each
+    default is written once, in smart.py; a run saved before a constant existed keeps that constant's default."""
+    import smart
+
+    constants = {key: value for key, value in vars(smart).items() if is_knob(key)}
+    if run_dir is not None:
+        constants.update(read_run_config(run_dir) or {})
+    return constants

@@ -18,17 +18,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from evaluation import parse_systems
-from generate import add_generation_arguments, settings_from_arguments
-from listen_stimuli import STUDY_GENERATION, build_study
+from configurator import smart_constants
+from listening.stimuli import STUDY_GENERATION, build_study
+from smart_utils.evaluation import parse_systems
+from smart_utils.generation import add_generation_arguments, settings_from_arguments
 
 
 def build_command(args: argparse.Namespace) -> None:
-    systems, _ = parse_systems(args.systems)
+    systems, found_run = parse_systems(args.systems)
     if len(systems) < 2:
         raise SystemExit("listen.py build: give at least two systems, e.g. base=MODEL tuned=RUN")
     report = build_study(
-        systems, args.out, generation=settings_from_arguments(args), max_tries=args.max_tries,
+        systems, args.out, constants=smart_constants(found_run), generation=settings_from_arguments(args),
+        max_tries=args.max_tries,
         soundfont=args.soundfont, audiobox=args.audiobox, target_lufs=args.lufs, device=args.device,
     )
     print("\n".join(f"[listen] {line}" for line in report.lines()))
@@ -36,13 +38,13 @@ def build_command(args: argparse.Namespace) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> None:
-    from listen_server import serve
+    from listening.server import serve
 
     serve(args.study, host=args.host, port=args.port, repeats=args.repeats, threads=args.threads)
 
 
 def analyse_command(args: argparse.Namespace) -> None:
-    from listen_analysis import analyse
+    from listening.analysis import analyse
 
     analyse(args.study, reference=args.reference, permutations=args.permutations)
 

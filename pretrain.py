@@ -31,8 +31,9 @@ from tqdm import tqdm
 from transformers import Phi3Config, Phi3ForCausalLM
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
-import midi_tokenizer
-from prompts import list_midi_files
+from smart_utils import tokenizer as midi_tokenizer
+from smart_utils.devices import compute_device
+from smart_utils.files import list_midi_files, write_json_atomically
 
 # --- data ---
 DATA_DIR = "data/corpus/midi"  # folder searched recursively for .mid/.midi files
@@ -247,12 +248,6 @@ def build_model(cfg: dict, vocab_size: int, special: Special) -> Phi3ForCausalLM
     return model
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 @torch.no_grad()
 def validation_loss(
     model: Phi3ForCausalLM, crops: list[np.ndarray], batch_size: int, pad: int, device: torch.device
@@ -297,20 +292,16 @@ def without_dropout(config: Phi3Config) -> Phi3Config:
     return inference
 
 
-def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
 def train(cfg: dict) -> dict:
     """Run one pretraining job from a resolved config; returns the metrics written to ``metrics.json``."""
     start_time = time.time()
     torch.manual_seed(cfg["SEED"])
     if cfg["THREADS"] > 0:
         torch.set_num_threads(cfg["THREADS"])
-    device = resolve_device(cfg["DEVICE"])
+    device = compute_device(cfg["DEVICE"])
     out = Path(cfg["OUT_DIR"])
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "train_config.json", cfg)
+    write_json_atomically(out / "train_config.json", cfg)
 
     remi = midi_tokenizer.default_remi()
     bridge = midi_tokenizer.bridge_tokenizer(remi)
@@ -376,7 +367,7 @@ def train(cfg: dict) -> dict:
         tqdm.write(f"step {step}: train {point['train_loss']:.4f}  val {val_loss:.4f}"
                    f"{'  (best, saved)' if improved else f'  (no improvement x{bad_evals})'}")
         metrics["wall_minutes"] = (time.time() - start_time) / 60
-        write_json(out / "metrics.json", metrics)
+        write_json_atomically(out / "metrics.json", metrics)
         if bad_evals >= cfg["PATIENCE"]:
             metrics["stopped"] = f"early stop: validation loss did not improve for {bad_evals} evaluations"
             break
@@ -385,7 +376,7 @@ def train(cfg: dict) -> dict:
             break
     progress.close()
     metrics["wall_minutes"] = (time.time() - start_time) / 60
-    write_json(out / "metrics.json", metrics)
+    write_json_atomically(out / "metrics.json", metrics)
     tqdm.write(f"best val loss {metrics['best_val_loss']:.4f} at step {metrics['best_step']}; {metrics['stopped']}")
     return metrics
 

@@ -1,4 +1,5 @@
-"""Reward processors: each takes the batch's records (``Record``: typed dicts) and returns them with fields added.
+"""The reward chain's processors: each takes the batch's records (``Record``: typed dicts) and returns them with
+fields added. Add a reward here (or in a config file) as one ``Processor`` subclass; nothing else to edit.
 
 The chain SMART runs per reward step is decode -> render -> score:
 
@@ -6,22 +7,25 @@ The chain SMART runs per reward step is decode -> render -> score:
     TinySoundfontSynthProcessor adds audio (float32, shape (2, N)), sample_rate, audio_duration
     AudioBoxAesRewardProcessor  adds aes_scores {CE, CU, PC, PQ} and normalized_rewards[axis] = score / 10
 
-A reward is any processor that writes ``record["normalized_rewards"][NAME]`` (a number in [0, 1]);
-``RewardManager`` combines them with ``REWARD_WEIGHTS``. Processors never raise on a bad record: a record
-they cannot handle gets a neutral value and a reason appended to ``record["errors"]``, which the manager
-logs, so one garbage completion cannot end a long run. ``reward_processors_for`` builds the reward processors
-of a run from ``REWARD_PROCESSORS`` and the run's ``RewardSettings``.
+A reward is a processor that writes ``record["normalized_rewards"][NAME]`` (a number in [0, 1]) and names NAME in
+its ``REWARDS``; ``REWARD_WEIGHTS`` finds it by that name (``reward_class``) and ``RewardManager`` combines the
+rewards with the weights. Its constructor's parameters are filled from the run's constants by name
+(``build_processor``: ``clap_prompt`` <- ``CLAP_PROMPT``), so every default lives once, in smart.py. Processors
+never raise on a bad record: a record they cannot handle gets a neutral value and a reason appended to
+``record["errors"]``, which the manager logs, so one garbage completion cannot end a long run.
 
-Class names and constructor arguments are the original erl-j/SMART ones, so its README example still works. The
-original's other stages are here too (CustomTokenizerToSymusicProcessor, SymusicSynthProcessor), and its
-multi-track prompt-adherence rewards are defined in multitrack.py, its CLAP rewards in clap_rewards.py;
-both are registered below and re-exported here (``from processors import CLAPPromptRewardProcessor`` works).
+Class names and constructor arguments follow the original erl-j/SMART, so its README example still works, and
+the original's other stages and rewards are here too (CustomTokenizerToSymusicProcessor, SymusicSynthProcessor,
+the multi-track prompt-adherence rewards, the CLAP rewards).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import miditok
@@ -29,38 +33,168 @@ import numpy as np
 import symusic
 import torch
 
-import features
-from clap_rewards import (
-    CLAPPromptRewardProcessor,
-    CLAPZeroShotClassificationRewardProcessor,
-    PamRewardProcessor,
-    pam_reward_names,
-)
-from devices import compute_device, exact_fp32
-from features import AES_AXES, score_seconds
-from multitrack import ProgramPromptAdherenceRewardProcessor, TrackIoUReward
-from multitrack import TrackPromptAdherenceRewardProcessor as TrackPromptAdherenceRewardProcessor  # re-exported
-from processor_base import (
-    AUDIOBOX_WINDOW_SECONDS,
-    DEFAULT_MAX_AUDIO_SECONDS,
-    DEFAULT_NUM_GENERATIONS,
-    Processor,
-    Record,
-    RewardSettings,
-    add_error,
-    crop_score,
-)
-from processor_base import DEFAULT_SAMPLE_RATE as DEFAULT_SAMPLE_RATE  # re-exported: the original's names stay here
-from processor_base import completion_record as completion_record
-from processor_base import score_record as score_record
-from render_pool import RenderPool
-from renderer import RenderSettings, SoundfontRenderer
+from smart_utils import features
+from smart_utils.audiobox import AUDIOBOX_HUB_ID, AudioboxScorer
+from smart_utils.clap import UNSCORABLE_REWARD, ClapEmbedder, pam_reward_names
+from smart_utils.features import AES_AXES, score_seconds
+from smart_utils.multitrack import BAR, TRACK, iou, programs, track_program
+from smart_utils.pam_prompts import PromptPair
+from smart_utils.preflight import OFFLINE_HINT, hub_problem
+from smart_utils.records import Record, add_error, crop_score
+from smart_utils.render_pool import RenderPool
+from smart_utils.rendering import RenderSettings, SoundfontRenderer
 
-AUDIOBOX_HUB_ID = "facebook/audiobox-aesthetics"  # the checkpoint the package loads when given none
-# GPU memory per 10 s clip in one Audiobox forward (fp32): WavLM's first conv block makes 65 MB tensors per clip,
-# ~8.5 GB at the peak for 64 clips, ~133 MiB per clip (estimated from the model's shapes, not measured on a GPU).
-AUDIOBOX_BYTES_PER_CLIP = 160 * 2**20
-AUDIOBOX_MEMORY_SHARE = 0.5  # share of the free GPU memory a forward may take; the trainer needs the rest
+RUN_CONTEXT = ("device",)  # constructor parameters that come from the run itself, not from a constant
+
+
+class Processor:
+    """Base class of every stage: ``__call__(records) -> records``, the same records in the same order with fields
+    added; the manager carries on with what ``__call__`` returns.
+
+    A reward processor names the rewards it writes in ``REWARDS`` (or overrides ``reward_names`` when they depend
+    on the run's constants, as PAM's do): that is how REWARD_WEIGHTS finds it. ``models`` says which weights it
+    loads (checked before a run starts, recorded in run_record.json), ``problems`` what stops it from running.
+    """
+
+    REWARDS: tuple[str, ...] = ()
+
+    @classmethod
+    def reward_names(cls, constants: Mapping[str, Any]) -> tuple[str, ...]:
+        """The rewards this class writes in a run with ``constants``."""
+        return cls.REWARDS
+
+    @classmethod
+    def models(cls, constants: Mapping[str, Any]) -> dict[str, str]:
+        """The model weights it loads under ``constants``, by kind ("audiobox", "clap"): hub ids or paths."""
+        return {}
+
+    @classmethod
+    def problems(cls, constants: Mapping[str, Any]) -> list[str]:
+        """What would stop it from running under ``constants``, as messages that say what to do."""
+        return []
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        raise NotImplementedError
+
+
+def processor_classes() -> list[type[Processor]]:
+    """Every ``Processor`` subclass defined so far, in definition order: this module's, and those of config files
+    (configurator keeps their namespaces alive, so their classes stay listed)."""
+    found: list[type[Processor]] = []
+    pending = list(Processor.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        if cls not in found:
+            found.append(cls)
+            pending[:0] = cls.__subclasses__()
+    return found
+
+
+def reward_owners(name: str, constants: Mapping[str, Any]) -> list[type[Processor]]:
+    """The classes that write reward ``name``; a class defined again under the same name (a config file run twice)
+    counts once, as its latest definition."""
+    latest: dict[str, type[Processor]] = {}
+    for cls in processor_classes():
+        if name in cls.reward_names(constants):
+            latest[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return list(latest.values())
+
+
+def reward_class(name: str, constants: Mapping[str, Any]) -> type[Processor] | None:
+    """The processor class that writes reward ``name`` under ``constants``, or None; ``ValueError`` when two do."""
+    owners = reward_owners(name, constants)
+    if len(owners) > 1:
+        raise ValueError(f"reward {name!r} is written by {', '.join(cls.__qualname__ for cls in owners)}; rename one")
+    return owners[0] if owners else None
+
+
+def known_rewards(constants: Mapping[str, Any]) -> list[str]:
+    """Every reward name some processor writes under ``constants``."""
+    return sorted({name for cls in processor_classes() for name in cls.reward_names(constants)})
+
+
+def reward_classes(reward_names: Sequence[str], constants: Mapping[str, Any]) -> list[type[Processor]]:
+    """The classes that write ``reward_names``, each once, in definition order; ``KeyError`` for a name none
+    writes (``reward_problems`` reports those first)."""
+    wanted = set()
+    for name in reward_names:
+        cls = reward_class(name, constants)
+        if cls is None:
+            raise KeyError(f"no reward processor writes {name!r}")
+        wanted.add(cls)
+    return [cls for cls in processor_classes() if cls in wanted]
+
+
+def missing_constants(cls: type[Processor], constants: Mapping[str, Any]) -> list[str]:
+    """The constructor parameters of ``cls`` that no constant, run value or default supplies."""
+    return [
+        name for name, parameter in inspect.signature(cls).parameters.items()
+        if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        and name not in RUN_CONTEXT and name.upper() not in constants and parameter.default is parameter.empty
+    ]
+
+
+def build_processor(cls: type[Processor], constants: Mapping[str, Any], device: torch.device | None = None
+                    ) -> Processor:
+    """``cls`` built for a run: each constructor parameter from the constant of its name in upper case
+    (``max_audio_duration`` <- ``MAX_AUDIO_DURATION``), ``device`` from the run, the rest left to its default."""
+    missing = missing_constants(cls, constants)
+    if missing:
+        raise TypeError(f"{cls.__qualname__} needs {missing}, which no constant supplies: add "
+                        f"{', '.join(name.upper() for name in missing)} to smart.py, or give them defaults")
+    run = {"device": device}
+    kwargs = {
+        name: run[name] if name in RUN_CONTEXT else constants[name.upper()]
+        for name, parameter in inspect.signature(cls).parameters.items()
+        if name in RUN_CONTEXT or name.upper() in constants
+    }
+    return cls(**kwargs)
+
+
+def build_reward_processors(reward_names: Sequence[str], constants: Mapping[str, Any],
+                            device: torch.device | None = None) -> list[Processor]:
+    """One processor per class that writes one of ``reward_names``, built from ``constants``."""
+    return [build_processor(cls, constants, device) for cls in reward_classes(reward_names, constants)]
+
+
+def weight_models(reward_names: Sequence[str], constants: Mapping[str, Any]) -> dict[str, str]:
+    """Which model weights the rewards ``reward_names`` load, by kind: the one answer to "does this run need
+    Audiobox (or CLAP)?" for preflight, run_record.json and evaluation."""
+    models: dict[str, str] = {}
+    for cls in reward_classes(reward_names, constants):
+        models.update(cls.models(constants))
+    return models
+
+
+def reward_problems(reward_weights: Mapping[str, float], constants: Mapping[str, Any]) -> list[str]:
+    """Everything that stops ``reward_weights`` from running under ``constants``; empty when they can."""
+    problems = []
+    unknown, classes = [], []
+    for name in reward_weights:
+        try:
+            cls = reward_class(name, constants)
+        except ValueError as error:
+            problems.append(f"REWARD_WEIGHTS: {error}")
+            continue
+        if cls is None:
+            unknown.append(name)
+        elif cls not in classes:
+            classes.append(cls)
+    if unknown:
+        problems.append(
+            f"REWARD_WEIGHTS has {sorted(unknown)}, which no processor writes; known rewards: "
+            f"{known_rewards(constants)}. A new reward is a Processor subclass in processors.py or a config file "
+            "with REWARDS = ('NAME',)"
+        )
+    for cls in classes:
+        missing = missing_constants(cls, constants)
+        if missing:
+            problems.append(f"{cls.__qualname__}'s parameters {missing} match no constant: add "
+                            f"{', '.join(n.upper() for n in missing)} to smart.py, or give them defaults")
+        problems += cls.problems(constants)
+    if any(w < 0 for w in reward_weights.values()) or sum(reward_weights.values()) <= 0:
+        problems.append(f"REWARD_WEIGHTS={dict(reward_weights)!r}: weights must be >= 0 and sum to more than 0")
+    return problems
 
 
 class MidiTokToSymusicProcessor(Processor):
@@ -150,8 +284,7 @@ class TinySoundfontSynthProcessor(Processor):
     """
 
     def __init__(
-        self, soundfont_path: str, sample_rate: int, max_duration_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
-        num_workers: int = 1,
+        self, soundfont_path: str, sample_rate: int, max_duration_seconds: float, num_workers: int = 1,
     ):
         if num_workers < 1:
             raise ValueError(f"num_workers={num_workers!r}: give 1 (render in-process) or more worker processes")
@@ -255,196 +388,41 @@ class SymusicSynthProcessor(Processor):
         return records
 
 
-AES_MODEL_CONFIG_KEYS = (
-    "proj_num_layer", "proj_ln", "proj_act_fn", "proj_dropout", "nth_layer", "use_weighted_layer_sum", "precision",
-    "normalize_embed", "output_dim",
-)
-
-
-def hub_weight_names(repo_id: str) -> set[str]:
-    """The tensor names in a hub repo's ``model.safetensors`` (read from the HF cache; no tensor is loaded)."""
-    from huggingface_hub import hf_hub_download
-    from safetensors import safe_open
-
-    with safe_open(hf_hub_download(repo_id, "model.safetensors"), framework="pt") as weights:
-        return set(weights.keys())
-
-
-def check_weight_names(model: torch.nn.Module, names: set[str], source: str) -> None:
-    """Raise ``ValueError`` unless ``names`` (a weights file's tensors) are exactly ``model``'s state dict keys.
-
-    The package loads the hub checkpoint with huggingface_hub's default ``strict=False``: weights the file lacks
-    or names differently would stay random, silently, and every score would be noise.
-    """
-    expected = set(model.state_dict())
-    missing, unused = sorted(expected - names), sorted(names - expected)
-    if missing or unused:
-        raise ValueError(
-            f"the Audiobox weights from {source} do not fit the model of the installed audiobox_aesthetics: "
-            f"{len(missing)} model weights missing from the file {missing[:3]}, {len(unused)} weights in the file "
-            f"unused {unused[:3]}; those weights would stay random and every score would be noise. Install "
-            "audiobox_aesthetics as pinned in requirements.txt, or delete the cached download (under "
-            "~/.cache/huggingface/hub) so that it is fetched again"
-        )
-
-
-def load_aes_predictor(checkpoint: str | None, device: torch.device | None = None) -> Any:
-    """``audiobox_aesthetics.infer.initialize_predictor(ckpt=checkpoint)`` on ``device``, with weights checked.
-
-    audiobox_aesthetics 0.0.4 reads ``checkpoint.pt`` with a bare ``torch.load``, which unpickles arbitrary objects
-    (running their code) wherever torch's default is not weights-only: torch < 2.6, or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
-    set. This builds the same predictor from ``torch.load(..., weights_only=True)`` instead, so a tampered checkpoint
-    is refused. The hub checkpoint (``None``) is ``model.safetensors`` and loads through the package's
-    ``from_pretrained`` as before; its tensor names are then checked against the model (``check_weight_names``).
-    ``device=None`` is ``devices.compute_device()``: this rank's GPU by index, where the package would use
-    ``torch.device("cuda")``.
-    """
-    from audiobox_aesthetics.infer import AXES_NAME, AesPredictor  # imports torchaudio; only when used
-    from audiobox_aesthetics.model.aes import AesMultiOutput, Normalize
-
-    class WeightsOnlyAesPredictor(AesPredictor):
-        def setup_model(self) -> None:  # AesPredictor.setup_model, weights-only, checked, on the given device
-            self.device = compute_device() if device is None else device
-            if self.checkpoint_pth is None:
-                model = AesMultiOutput.from_pretrained(AUDIOBOX_HUB_ID)
-                check_weight_names(model, hub_weight_names(AUDIOBOX_HUB_ID), f"the hub ({AUDIOBOX_HUB_ID})")
-            else:
-                saved = torch.load(self.checkpoint_pth, map_location=self.device, weights_only=True)
-                model = AesMultiOutput(
-                    **{key: saved["model_cfg"][key] for key in AES_MODEL_CONFIG_KEYS},
-                    target_transform=saved["target_transform"],
-                )
-                model.load_state_dict({re.sub("^model.", "", key): value for key, value in saved["state_dict"].items()})
-            self.model = model.to(self.device).eval()
-            self.target_transform = {
-                axis: Normalize(mean=model.target_transform[axis]["mean"], std=model.target_transform[axis]["std"])
-                for axis in AXES_NAME
-            }
-
-    return WeightsOnlyAesPredictor(checkpoint_pth=checkpoint, data_col="path")
-
-
 class AudioBoxAesRewardProcessor(Processor):
     """Meta Audiobox Aesthetics scores of the rendered audio: CE, CU, PC, PQ on a 1-10 scale, rewards = score/10.
 
-    ``checkpoint=None`` loads the hub checkpoint (needs a network or the HF cache); a local ``checkpoint.pt`` in
-    the format ``audiobox_aesthetics`` saves works offline. The model runs on the predictor's device (the GPU
-    when there is one).
-
-    A step's clips are scored together (``batched_scores``): stacked zero-padded on the device, resampled to
-    16 kHz there, made mono, masked past each clip's end and put through one model forward, which is what
-    ``audiobox_aesthetics``' predictor computes for clips of up to 10 s (one window each), without its per-clip
-    CPU resampling and per-clip result loop. Longer clips (several windows) go through the predictor itself.
-
-    ``batch_size`` caps the 10 s windows per forward (64 clips peak at ~8.5 GB of GPU memory); None derives it
-    from the free GPU memory, or scores all at once on a CPU. ``device`` (None: ``devices.compute_device()``)
-    is where the model runs: the rank's own GPU.
-
-    ``bf16=True`` (opt-in) runs the model under bf16 autocast, the mode the upstream model defines but never
-    enables; bench/reward_pipeline.py measures how far its scores move from fp32's.
+    ``audiobox_checkpoint=None`` loads the hub checkpoint (needs a network or the HF cache); a local
+    ``checkpoint.pt`` in the format ``audiobox_aesthetics`` saves works offline. A step's clips are scored
+    together on ``device`` (None: ``devices.compute_device()``, the rank's own GPU) in chunks of
+    ``audiobox_batch_size`` clips (None: what the free GPU memory holds; all at once on a CPU): see
+    smart_utils/audiobox.py. ``bf16=True`` (opt-in) scores under bf16 autocast.
     """
 
-    def __init__(
-        self,
-        checkpoint: str | None = None,
-        bf16: bool = False,
-        batch_size: int | None = None,
-        device: torch.device | None = None,
-    ):
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r}: give the clips per model forward (>= 1), or None")
-        self.batch_size = batch_size
-        self.aes_predictor = load_aes_predictor(checkpoint, device)
-        if bf16:  # upstream maps precision to a dtype and then tests the string, so autocast is never enabled
-            self.aes_predictor.model.precision = torch.bfloat16
-            self.aes_predictor.model.enable_autocast = True
+    REWARDS = AES_AXES
+
+    def __init__(self, audiobox_checkpoint: str | None = None, audiobox_batch_size: int | None = None,
+                 device: torch.device | None = None, bf16: bool = False):
+        self.scorer = AudioboxScorer(audiobox_checkpoint, audiobox_batch_size, device, bf16)
 
     @classmethod
-    def from_settings(cls, settings: RewardSettings) -> AudioBoxAesRewardProcessor:
-        return cls(settings.audiobox_checkpoint, batch_size=settings.audiobox_batch_size, device=settings.device)
+    def models(cls, constants: Mapping[str, Any]) -> dict[str, str]:
+        return {"audiobox": constants.get("AUDIOBOX_CHECKPOINT") or AUDIOBOX_HUB_ID}
 
-    def clips_per_forward(self, device: torch.device) -> int | None:
-        """10 s windows per model forward: ``batch_size``; if None, on a GPU as many as AUDIOBOX_MEMORY_SHARE of
-        its free memory holds (64 clips peak at ~8.5 GB), elsewhere None: all of them at once."""
-        if self.batch_size is not None:
-            return self.batch_size
-        if device.type != "cuda":
-            return None
-        free, _ = torch.cuda.mem_get_info(device)
-        return max(1, int(free * AUDIOBOX_MEMORY_SHARE) // AUDIOBOX_BYTES_PER_CLIP)
-
-    def batched_scores(self, audios: list[np.ndarray], sample_rate: int) -> np.ndarray:
-        """Scores of (channels, samples) clips at one sample rate, as an array of shape (clips, 4) in AES_AXES order.
-
-        At most ``clips_per_forward`` windows go through the model at once (the scores do not depend on the
-        grouping), in full fp32 (``devices.exact_fp32``: no TF32) so that they match the CPU reference.
-        """
-        predictor = self.aes_predictor
-        window = AUDIOBOX_WINDOW_SECONDS * predictor.sample_rate
-        gcd = math.gcd(int(sample_rate), predictor.sample_rate)
-        # The resampled length of each clip, computed as torchaudio.functional.resample computes it.
-        lengths = [
-            int(torch.ceil(torch.as_tensor(predictor.sample_rate // gcd * a.shape[-1] / (int(sample_rate) // gcd))))
-            for a in audios
+    @classmethod
+    def problems(cls, constants: Mapping[str, Any]) -> list[str]:
+        checkpoint = constants.get("AUDIOBOX_CHECKPOINT")
+        if checkpoint is not None:
+            if Path(checkpoint).is_file():
+                return []
+            return [f"AUDIOBOX_CHECKPOINT={checkpoint!r} does not exist; give a checkpoint.pt path or None (hub)"]
+        problem = hub_problem(AUDIOBOX_HUB_ID, "model.safetensors")
+        return [] if problem is None else [
+            f"AUDIOBOX_CHECKPOINT=None (the hub checkpoint): {problem}. Give a local checkpoint.pt, or use "
+            f"weight-free rewards. {OFFLINE_HINT}"
         ]
-        scores = np.empty((len(audios), len(AES_AXES)), dtype=np.float32)
-        fits = [0 < n <= window for n in lengths]
-        long = [i for i, fit in enumerate(fits) if not fit]
-        short = [i for i, fit in enumerate(fits) if fit]
-        size = self.clips_per_forward(predictor.device)
-        with exact_fp32():
-            if long:  # several 10 s windows per clip: the reference predictor weights them
-                windows = max(1, *(math.ceil(lengths[i] / window) for i in long))
-                step = len(long) if size is None else max(1, size // windows)
-                for group in [long[k : k + step] for k in range(0, len(long), step)]:
-                    rows = predictor.forward(
-                        [{"path": torch.from_numpy(np.ascontiguousarray(audios[i])).float(), "sample_rate": sample_rate}
-                         for i in group]
-                    )
-                    scores[group] = [[row[axis] for axis in AES_AXES] for row in rows]
-            step = size or len(short)
-            for group in [short[k : k + step] for k in range(0, len(short), step)]:
-                scores[group] = self._one_window_scores([audios[i] for i in group], [lengths[i] for i in group],
-                                                        sample_rate)
-        return scores
-
-    def _one_window_scores(self, audios: list[np.ndarray], lengths: list[int], sample_rate: int) -> np.ndarray:
-        """Scores of clips that fit one window (``lengths``: their resampled lengths) in one model forward."""
-        import torchaudio  # audiobox_aesthetics needs it anyway
-
-        predictor = self.aes_predictor
-        device = predictor.device
-        window = AUDIOBOX_WINDOW_SECONDS * predictor.sample_rate
-        with torch.inference_mode():
-            clips = [torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).T for audio in audios]
-            batch = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)  # (clips, samples, channels)
-            batch = batch.to(device, non_blocking=True).transpose(1, 2).contiguous()
-            wav = torchaudio.functional.resample(batch, orig_freq=int(sample_rate), new_freq=predictor.sample_rate)
-            wav = wav.mean(dim=1)  # mono, after resampling as upstream does
-            wav = torch.nn.functional.pad(wav, (0, window - wav.shape[-1]))
-            ends = torch.tensor(lengths, device=device)
-            mask = torch.arange(window, device=device)[None, :] < ends[:, None]
-            wav = wav.masked_fill(~mask, 0.0)
-            preds = predictor.model({"wav": wav[:, None, :], "mask": mask[:, None, :]})
-            mean = torch.tensor([predictor.target_transform[axis].mean for axis in AES_AXES], device=device)
-            std = torch.tensor([predictor.target_transform[axis].std for axis in AES_AXES], device=device)
-            batched = torch.stack([preds[axis].float() for axis in AES_AXES], dim=1) * std + mean
-            return batched.cpu().numpy()
 
     def __call__(self, records: list[Record]) -> list[Record]:
-        if not records:
-            return records
-        rates = {r["sample_rate"] for r in records}
-        if len(rates) == 1 and len({np.shape(r["audio"])[0] for r in records}) == 1:
-            scores = self.batched_scores([r["audio"] for r in records], rates.pop())
-        else:  # mixed sample rates or channel counts: the reference predictor handles each clip on its own
-            inputs = [
-                {"path": torch.from_numpy(np.ascontiguousarray(r["audio"])).float(), "sample_rate": r["sample_rate"]}
-                for r in records
-            ]
-            with torch.inference_mode(), exact_fp32():
-                rows = self.aes_predictor.forward(inputs)
-            scores = np.array([[row[axis] for axis in AES_AXES] for row in rows], dtype=np.float32)
+        scores = self.scorer.scores([r["audio"] for r in records], [int(r["sample_rate"]) for r in records])
         for record, row in zip(records, scores.tolist()):
             record["aes_scores"] = dict(zip(AES_AXES, row))
             for axis in AES_AXES:
@@ -456,6 +434,8 @@ class ScaleConsistencyReward(Processor):
     """The original's symbolic reward: muspy's scale consistency (best in-scale note share over the 24 major
     and minor scales). As in the original, a score with no pitched notes scores 1.0."""
 
+    REWARDS = ("scale_consistency",)
+
     def __call__(self, records: list[Record]) -> list[Record]:
         for record in records:
             value = features.scale_consistency(record["sm"])
@@ -464,10 +444,12 @@ class ScaleConsistencyReward(Processor):
         return records
 
 
-class NoteDensityReward(Processor):
+class NoteDensityRewardProcessor(Processor):
     """Symbolic reward ``note_density``: notes per beat over the cropped score's first ``beats`` beats, divided
     by ``target_notes_per_beat`` and capped at 1. No notes gives 0. It measures how busy the music is; the
     paper observed tuned models write more notes, and this reward asks for that directly, without audio."""
+
+    REWARDS = ("note_density",)
 
     def __init__(self, beats: int = 16, target_notes_per_beat: float = 2.0):
         self.beats = beats
@@ -481,9 +463,11 @@ class NoteDensityReward(Processor):
         return records
 
 
-class FilledBeatsReward(Processor):
+class FilledBeatsRewardProcessor(Processor):
     """Symbolic reward ``filled_beats``: 1 - empty-beat rate (share of beats in which some note sounds).
     A score with no notes gives 0. The paper saw SMART drive the empty-beat rate to zero."""
+
+    REWARDS = ("filled_beats",)
 
     def __call__(self, records: list[Record]) -> list[Record]:
         for record in records:
@@ -492,28 +476,23 @@ class FilledBeatsReward(Processor):
         return records
 
 
-class AudioActivityReward(Processor):
-    """Audio reward ``audio_activity``: the share of the ``max_audio_seconds`` a clip may last (the run's
+class AudioActivityRewardProcessor(Processor):
+    """Audio reward ``audio_activity``: the share of the ``max_audio_duration`` seconds a clip may last (the run's
     MAX_AUDIO_DURATION) in which the rendered clip is audible, i.e. the fraction of 50 ms frames whose RMS is
     within ``threshold_db`` of the clip's loudest frame. Frames past the clip's end count as silent, so a 1 s
     clip scores at most 1/10 of 10 s. Silence gives 0; sound that never stops gives 1."""
 
-    def __init__(
-        self, max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS, frame_seconds: float = 0.05,
-        threshold_db: float = -30.0,
-    ):
-        self.max_audio_seconds = max_audio_seconds
+    REWARDS = ("audio_activity",)
+
+    def __init__(self, max_audio_duration: float, frame_seconds: float = 0.05, threshold_db: float = -30.0):
+        self.max_audio_duration = max_audio_duration
         self.frame_seconds = frame_seconds
         self.threshold_db = threshold_db
-
-    @classmethod
-    def from_settings(cls, settings: RewardSettings) -> AudioActivityReward:
-        return cls(max_audio_seconds=settings.max_audio_seconds)
 
     def activity(self, audio: np.ndarray, sample_rate: int) -> float:
         """Audible share of the window for one (channels, samples) clip."""
         frame = max(1, int(self.frame_seconds * sample_rate))
-        window_frames = max(1, int(self.max_audio_seconds * sample_rate) // frame)
+        window_frames = max(1, int(self.max_audio_duration * sample_rate) // frame)
         mono = audio.mean(axis=0)[: window_frames * frame]
         frames = mono[: len(mono) // frame * frame].reshape(-1, frame)
         if frames.size == 0:
@@ -577,7 +556,7 @@ def mean_distance_to_others(descriptors: list[np.ndarray | None]) -> list[float]
     return values
 
 
-class GroupDiversityReward(Processor):
+class GroupDiversityRewardProcessor(Processor):
     """Batch-level reward ``group_diversity``: each completion's mean style distance to the other completions of
     its GRPO group, in [0, 1] (new; not in the original). The paper saw that optimising Audiobox CE collapses
     diversity (every piece alike); this rewards a completion for differing from its siblings, as a counterweight.
@@ -593,15 +572,13 @@ class GroupDiversityReward(Processor):
     so it is meant beside a quality reward, as a regulariser.
     """
 
-    def __init__(self, num_generations: int = DEFAULT_NUM_GENERATIONS):
+    REWARDS = ("group_diversity",)
+
+    def __init__(self, num_generations: int):
         if num_generations < 1:
             raise ValueError(f"num_generations={num_generations!r}: give the completions per prompt (>= 1)")
         self.num_generations = num_generations
         self.warned = False
-
-    @classmethod
-    def from_settings(cls, settings: RewardSettings) -> GroupDiversityReward:
-        return cls(settings.num_generations)
 
     def __call__(self, records: list[Record]) -> list[Record]:
         groups, reason = grpo_groups(records, self.num_generations)
@@ -618,58 +595,210 @@ class GroupDiversityReward(Processor):
         return records
 
 
-# Reward name -> the processor class that writes it. smart.py builds its chain from REWARD_WEIGHTS through this
-# table (``reward_processors_for``); register a new reward here to make it usable from a config. A class is built
-# with ``from_settings(RewardSettings)``: a plain class with a no-argument constructor works as it is.
-REWARD_PROCESSORS: dict[str, type[Processor]] = {
-    **{axis: AudioBoxAesRewardProcessor for axis in AES_AXES},
-    "scale_consistency": ScaleConsistencyReward,
-    "note_density": NoteDensityReward,
-    "filled_beats": FilledBeatsReward,
-    "audio_activity": AudioActivityReward,
-    # multi-track prompt adherence (multitrack.py): the original wrote both under programs_iou, so one of them
-    # needs a second name; programs_iou is the token-set IoU, programs_iou_tracks the track-count IoU
-    "programs_iou": ProgramPromptAdherenceRewardProcessor,
-    "programs_iou_tracks": TrackIoUReward,
-    "clap": CLAPPromptRewardProcessor,
-    "clap_clf": CLAPZeroShotClassificationRewardProcessor,
-    # PAM writes one reward per prompt pair, named by the pair's shorthand (PAM_PROMPTS), plus pam_avg: the
-    # default pairs' names are registered here, and reward_class also knows the shorthands of the run's pairs.
-    **dict.fromkeys(sorted(pam_reward_names(RewardSettings().pam_prompts)), PamRewardProcessor),
-    "group_diversity": GroupDiversityReward,
-}
+class ClapRewardProcessor(Processor):
+    """What the three CLAP rewards share: a ``ClapEmbedder`` (smart_utils/clap.py), batched clip embeddings and
+    fallbacks. A subclass sets ``raw_field``, embeds its prompts and implements ``score``; a clip CLAP cannot score
+    meaningfully gets ``UNSCORABLE_REWARD`` and a logged reason."""
+
+    raw_field: str | None = None  # record key for ``score``'s raw values (a float when there is one per clip)
+    model_constant = ""  # the constant naming this reward's CLAP model
+
+    def __init__(self, sample_rate: int, model_id: str, device: torch.device | None, batch_size: int | None):
+        self.clap = ClapEmbedder(sample_rate, model_id, device, batch_size)
+        self.reward_names_written = self.REWARDS
+
+    @classmethod
+    def models(cls, constants: Mapping[str, Any]) -> dict[str, str]:
+        return {f"clap:{cls.model_constant}": constants[cls.model_constant]}
+
+    @classmethod
+    def problems(cls, constants: Mapping[str, Any]) -> list[str]:
+        model = constants.get(cls.model_constant)
+        problem = None if model is None or Path(model).is_dir() else hub_problem(model, "config.json")
+        return [] if problem is None else [
+            f"{cls.model_constant}={model!r}: {problem}. Give a local folder saved by ClapModel and "
+            f"ClapProcessor.save_pretrained. {OFFLINE_HINT}"
+        ]
+
+    def score(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rewards (clips, len(reward_names)) in [0, 1] and raw values (clips, k) of (clips, dim) embeddings."""
+        raise NotImplementedError
+
+    def fallback(self, record: Record, reason: str) -> None:
+        add_error(record, f"{type(self).__name__}: {reason} (rewards {UNSCORABLE_REWARD})")
+        record["normalized_rewards"].update(dict.fromkeys(self.reward_names_written, UNSCORABLE_REWARD))
+        if self.raw_field:
+            record[self.raw_field] = None  # so every row of the log has it
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        scorable, clips = [], []
+        for record in records:
+            mono, reason = self.clap.mono_clip(record)
+            if reason is None:
+                scorable.append(record)
+                clips.append(mono)
+            else:
+                self.fallback(record, reason)
+        if not clips:
+            return records
+        rewards, raw = (values.cpu() for values in self.score(self.clap.audio_embeddings(clips)))
+        for record, reward_row, raw_row in zip(scorable, rewards, raw):
+            if not (torch.isfinite(reward_row).all() and torch.isfinite(raw_row).all()):
+                self.fallback(record, "the model's output is not finite")
+                continue
+            record["normalized_rewards"].update(zip(self.reward_names_written, reward_row.tolist()))
+            if self.raw_field:
+                record[self.raw_field] = raw_row.item() if raw_row.numel() == 1 else raw_row.tolist()
+        return records
+
+
+class CLAPPromptRewardProcessor(ClapRewardProcessor):
+    """Reward ``clap``: how well the clip matches ``target_prompt``, (cosine + 1) / 2 of the CLAP audio and text
+    embeddings (laion/larger_clap_music); the cosine is logged as ``clap_score_raw``.
+
+    ``k`` is the original's argument, which its code stores and never uses (its callers passed
+    NUM_GENERATIONS; a comment hints at a top-k scheme that was never written): kept for compatibility, no effect.
+    """
+
+    REWARDS = ("clap",)
+    raw_field = "clap_score_raw"
+    model_constant = "CLAP_MODEL"
+
+    def __init__(self, sample_rate: int, clap_prompt: str, clap_k: int, clap_model: str,
+                 device: torch.device | None = None, clap_batch_size: int | None = None):
+        super().__init__(sample_rate, clap_model, device, clap_batch_size)
+        self.target_prompt = clap_prompt
+        self.k = clap_k
+        self.text_embeds = self.clap.text_embeddings([clap_prompt])
+
+    def score(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cosine = torch.nn.functional.cosine_similarity(audio, self.text_embeds)
+        return ((cosine + 1) / 2)[:, None], cosine[:, None]
+
+
+class CLAPZeroShotClassificationRewardProcessor(ClapRewardProcessor):
+    """Reward ``clap_clf``: CLAP zero-shot classification of the clip among [target_prompt] + reference_prompts,
+    softmax of cosine / temperature (laion/larger_clap_general); the reward is the target's probability, all of
+    them are logged as ``clap_clf_probs`` (the original logged them as ``clap_score_raw``, which ``clap`` uses)."""
+
+    REWARDS = ("clap_clf",)
+    raw_field = "clap_clf_probs"
+    model_constant = "CLAP_CLF_MODEL"
+
+    def __init__(self, sample_rate: int, clap_clf_prompt: str, clap_reference_prompts: Sequence[str],
+                 clap_temperature: float, clap_clf_model: str, device: torch.device | None = None,
+                 clap_batch_size: int | None = None):
+        super().__init__(sample_rate, clap_clf_model, device, clap_batch_size)
+        self.prompts = [clap_clf_prompt, *clap_reference_prompts]
+        self.temperature = clap_temperature
+        self.text_embeds = self.clap.text_embeddings(self.prompts)
+
+    def score(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cosine = torch.nn.functional.cosine_similarity(audio[:, None, :], self.text_embeds[None, :, :], dim=-1)
+        probs = torch.softmax(cosine / self.temperature, dim=1)
+        return probs[:, :1], probs
+
+
+class PamRewardProcessor(ClapRewardProcessor):
+    """PAM rewards (laion/larger_clap_general): for each prompt pair, softmax over (positive, negative) of the
+    dot products audio . text / temperature (cosines: the embeddings are normalised), the positive's share,
+    as the reward named by the pair's ``shorthand``; ``pam_avg`` is their mean. Nothing else is logged."""
+
+    @classmethod
+    def reward_names(cls, constants: Mapping[str, Any]) -> tuple[str, ...]:
+        pairs = constants.get("PAM_PROMPTS")
+        readable = isinstance(pairs, list | tuple) and all(isinstance(p, dict) and "shorthand" in p for p in pairs)
+        return pam_reward_names(pairs) if readable else ()
+
+    @classmethod
+    def problems(cls, constants: Mapping[str, Any]) -> list[str]:
+        empty = [] if constants.get("PAM_PROMPTS") else ["PAM_PROMPTS is empty, so the PAM rewards have no pair"]
+        return empty + super().problems(constants)
+
+    model_constant = "PAM_MODEL"
+
+    def __init__(self, sample_rate: int, pam_prompts: Sequence[PromptPair], pam_temperature: float, pam_model: str,
+                 device: torch.device | None = None, clap_batch_size: int | None = None):
+        super().__init__(sample_rate, pam_model, device, clap_batch_size)
+        self.prompt_configs = list(pam_prompts)
+        self.temperature = pam_temperature
+        self.reward_names_written = pam_reward_names(self.prompt_configs)
+        # all positives, then all negatives, as the original stacked them
+        self.text_embeds = self.clap.text_embeddings([pair["positive"] for pair in self.prompt_configs]
+                                                + [pair["negative"] for pair in self.prompt_configs])
+
+    def score(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = len(self.prompt_configs)
+        similarity = audio @ self.text_embeds.T
+        paired = torch.stack([similarity[:, :pairs], similarity[:, pairs:]], dim=-1)
+        positive = torch.softmax(paired / self.temperature, dim=-1)[..., 0]
+        return torch.cat([positive, positive.mean(dim=1, keepdim=True)], dim=1), positive[:, :0]
+
+
+class ProgramPromptAdherenceRewardProcessor(Processor):
+    """Reward ``programs_iou``: |head ∩ body| / |head ∪ body| over the Program token sets before and after the
+    first ``Bar_None``. Needs ``prompt_and_completion_tokens`` (the decoder writes them)."""
+
+    REWARDS = ("programs_iou",)
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        for record in records:
+            tokens = record["prompt_and_completion_tokens"]
+            value = 0.0
+            if BAR not in tokens:
+                add_error(record, f"programs_iou: no {BAR} token to split the prompt's programs from the body's")
+            else:
+                split = tokens.index(BAR)
+                head, body = set(programs(tokens[:split])), set(programs(tokens[split + 1 :]))
+                record["head_programs"], record["body_programs"] = sorted(head), sorted(body)
+                if head | body:
+                    value = iou(Counter(head), Counter(body))
+                else:
+                    add_error(record, "programs_iou: no Program token before or after the first bar")
+            record["intersection_over_union_programs"] = value
+            record["normalized_rewards"]["programs_iou"] = value
+        return records
+
+
+class TrackPromptAdherenceRewardProcessor(Processor):
+    """Frequency-weighted IoU of the head's Program tokens (with counts) and the decoded score's non-empty tracks
+    (counted per program), written as ``reward_name``; also the plain set IoU of the two, logged for comparison.
+
+    The head ends at the first ``Track_None`` when there is one (the original's tokenizer), else at the first
+    ``Bar_None`` (miditok REMI). Needs ``prompt_and_completion_tokens`` and ``sm`` (the decoder writes them).
+    """
+
+    # The original's name; REWARD_WEIGHTS' programs_iou means ProgramPromptAdherenceRewardProcessor's, so this
+    # class is not found by name (empty REWARDS) and TrackIoURewardProcessor writes programs_iou_tracks.
+    reward_name = "programs_iou"
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        for record in records:
+            tokens = record["prompt_and_completion_tokens"]
+            end = TRACK if TRACK in tokens else BAR
+            if end not in tokens:
+                add_error(record, f"{self.reward_name}: no {BAR} or {TRACK} token to end the prompt's programs")
+            prompt = Counter(programs(tokens[: tokens.index(end)])) if end in tokens else Counter()
+            output = Counter(track_program(track) for track in record["sm"].tracks if track.note_num() > 0)
+            record["head_tracks"], record["body_tracks"] = sorted(prompt), sorted(output)
+            if prompt or output:
+                record["freq_weighted_iou_tracks"] = iou(prompt, output)
+                record["set_iou_tracks"] = iou(Counter(set(prompt)), Counter(set(output)))
+            else:
+                add_error(record, f"{self.reward_name}: no prompt programs and no non-empty tracks")
+                record["freq_weighted_iou_tracks"] = record["set_iou_tracks"] = 0.0
+            record["normalized_rewards"][self.reward_name] = record["freq_weighted_iou_tracks"]
+        return records
+
+
+class TrackIoURewardProcessor(TrackPromptAdherenceRewardProcessor):
+    """``TrackPromptAdherenceRewardProcessor`` writing ``programs_iou_tracks``, so that it can be chosen (or weighted
+    beside the token-set ``programs_iou``) from REWARD_WEIGHTS."""
+
+    REWARDS = ("programs_iou_tracks",)
+    reward_name = "programs_iou_tracks"
 
 
 # The rewards that need no model weights and score each clip on its own (no multi-track prompt, no GRPO group):
-# what a tool that scores single pieces can always compute (listen.py's manifest).
+# what a tool that scores single pieces can always compute (the listening study's manifest, the reward audit).
 STANDALONE_REWARDS = ("scale_consistency", "note_density", "filled_beats", "audio_activity")
-
-
-def reward_class(name: str, settings: RewardSettings = RewardSettings()) -> type[Processor] | None:
-    """The processor class that writes reward ``name`` in a run with ``settings``, or None if none does.
-
-    A PAM name is PAM's only when the run's prompt pairs (``settings.pam_prompts``) have it: a default pair's
-    shorthand is registered, but a run with other pairs does not produce it.
-    """
-    pam_names = pam_reward_names(settings.pam_prompts)
-    if name in pam_names:
-        return PamRewardProcessor
-    cls = REWARD_PROCESSORS.get(name)
-    return None if cls is PamRewardProcessor else cls
-
-
-def reward_processors_for(reward_weights: dict[str, float], settings: RewardSettings = RewardSettings()
-                          ) -> list[Processor]:
-    """One processor per class that produces a weighted reward, in REWARD_PROCESSORS order, built for ``settings``.
-
-    A registered class that does not derive from ``Processor`` (no ``from_settings``) is built with no arguments.
-    Raises ``KeyError`` for a name no processor writes (preflight reports those first).
-    """
-    wanted = set()
-    for name in reward_weights:
-        cls = reward_class(name, settings)
-        if cls is None:
-            raise KeyError(f"no reward processor writes {name!r}")
-        wanted.add(cls)
-    classes = [cls for cls in dict.fromkeys(REWARD_PROCESSORS.values()) if cls in wanted]
-    return [cls.from_settings(settings) if hasattr(cls, "from_settings") else cls() for cls in classes]

@@ -29,15 +29,33 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import soundfile
 
-from processor_base import Processor, Record, add_error, completion_record
+from smart_utils.files import write_wav
+from processors import Processor
+from smart_utils.records import Record, add_error, completion_record
 
 NOT_LOGGED = ("sm", "audio")  # too large for the parquet log; saved as MIDI and WAV instead
 
 
 class ProcessorFailed(RuntimeError):
     """A processor failed on most records of a step: the run must stop instead of training on fallback rewards."""
+
+
+class ProcessorContractError(TypeError):
+    """A processor returned something other than the records it was given."""
+
+
+def checked_output(processor: Processor, given: list[Record], returned: Any) -> list[Record]:
+    """``returned`` if it is what a processor must return: a list of as many records (dicts) as it was given.
+    Anything else (None from a ``__call__`` that forgot ``return records``, new objects of another kind) would
+    score every completion 0 without a word, so it stops the first step, naming the processor."""
+    if isinstance(returned, list) and len(returned) == len(given) and all(isinstance(r, dict) for r in returned):
+        return returned
+    what = type(returned).__name__ if not isinstance(returned, list) else f"a list of {len(returned)} items"
+    raise ProcessorContractError(
+        f"{type(processor).__name__}.__call__ returned {what} for {len(given)} records; a processor returns the "
+        "list of records it was given (add fields to each, then `return records`)"
+    )
 
 
 def is_broken(failed: int, total: int) -> bool:
@@ -104,7 +122,7 @@ class RewardManager:
             completion_record(i, prompt, ids, completion, self.global_reward_step)
             for i, (prompt, ids, completion) in enumerate(zip(prompts, prompt_ids, completion_ids))
         ]
-        seconds = self.run_processors(records)
+        records, seconds = self.run_processors(records)
         for record in records:
             record["reward"] = self.total_reward(record)
             record["reward_weights"] = self.reward_weights
@@ -114,18 +132,19 @@ class RewardManager:
         self.global_reward_step += 1
         return [record["reward"] for record in records]
 
-    def run_processors(self, records: list[Record]) -> dict[str, float]:
-        """Apply the chain in order; return each processor's wall time in seconds."""
+    def run_processors(self, records: list[Record]) -> tuple[list[Record], dict[str, float]]:
+        """Apply the chain in order, each processor to what the previous one returned (as the original does);
+        return the final records and each processor's wall time in seconds."""
         seconds: dict[str, float] = {}
         for processor in self.processors:
             start = time.perf_counter()
-            self.apply_guarded(processor, records)
+            records = self.apply_guarded(processor, records)
             seconds[type(processor).__name__] = time.perf_counter() - start
         timing = ", ".join(f"{name} {s:.2f}s" for name, s in seconds.items())
         print(f"[reward step {self.global_reward_step}] {timing}", flush=True)
-        return seconds
+        return records, seconds
 
-    def apply_guarded(self, processor: Processor, records: list[Record]) -> None:
+    def apply_guarded(self, processor: Processor, records: list[Record]) -> list[Record]:
         """Run ``processor`` on the batch without letting a few bad records end the run.
 
         Processors should not raise on a bad record, but one that does (a bug, an input nobody foresaw) would
@@ -137,20 +156,25 @@ class RewardManager:
         step: every completion would get the same fallback reward, GRPO's advantages would all be 0, and the
         run would optimise only the KL term while looking healthy. That raises ``ProcessorFailed`` instead.
         """
+        name = type(processor).__name__
         try:
-            processor(records)
-            return
+            return checked_output(processor, records, processor(records))
+        except ProcessorContractError:
+            raise
         except Exception as error:
-            name = type(processor).__name__
             print(f"[reward step {self.global_reward_step}] {name} raised {type(error).__name__}: {error}; "
                   "re-running it record by record", flush=True)
         failures: list[Exception] = []
+        output = []
         for record in records:
             try:
-                processor([record])
+                record = checked_output(processor, [record], processor([record]))[0]
+            except ProcessorContractError:
+                raise
             except Exception as error:
                 add_error(record, f"{name}: {type(error).__name__}: {error}")
                 failures.append(error)
+            output.append(record)
         if is_broken(len(failures), len(records)):
             first = failures[0]
             raise ProcessorFailed(
@@ -161,6 +185,7 @@ class RewardManager:
                 "(out of GPU memory: a smaller AUDIOBOX_BATCH_SIZE) and continue from the last checkpoint with "
                 "python smart.py --RESUME=<run dir>"
             ) from first
+        return output
 
     def total_reward(self, record: Record) -> float:
         """Weighted mean of the record's normalised rewards; a missing or non-finite reward counts as 0, logged."""
@@ -230,11 +255,6 @@ class RewardManager:
         for processor, value in seconds.items():
             log_metric(f"seconds/{processor}", value)
         log_metric("reward_errors", float(sum(len(r["errors"]) > 0 for r in records)))
-
-
-def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    """A (2, samples) float clip as 16-bit PCM: the format training saves (generate.py and listen.py too)."""
-    soundfile.write(path, np.asarray(audio).T, sample_rate, subtype="PCM_16")
 
 
 def write_wavs(clips: list[tuple[Path, np.ndarray, int]]) -> None:

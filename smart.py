@@ -16,14 +16,13 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import pam_prompts
-from configurator import ConfigError, apply_overrides
-from run_folder import (
+from configurator import ConfigError, apply_overrides, config_files, resumed_config
+from smart_utils import pam_prompts
+from smart_utils.run_folder import (
     archive_after_resume,
     checkpoint_step,
     last_complete_checkpoint,
     new_run_dir,
-    resumed_config,
     save_config,
 )
 
@@ -60,7 +59,7 @@ FP32_WEIGHTS = False  # load policy and reference weights in fp32; False = the h
 MAX_COMPLETION_LENGTH = 256  # tokens generated after the prompt
 CPU_THREADS: int | None = None  # torch threads when training on a CPU; None = torch's default (all cores)
 # --- reward ---------------------------------------------------------------------------------------------------
-REWARD_WEIGHTS = {"CE": 1.0}  # reward name -> weight; reward = weighted mean (names: processors.REWARD_PROCESSORS)
+REWARD_WEIGHTS = {"CE": 1.0}  # reward name -> weight; reward = weighted mean (names: a Processor's REWARDS)
 AUDIOBOX_CHECKPOINT: str | None = None  # None = facebook/audiobox-aesthetics from the hub; or a local checkpoint.pt
 SOUNDFONT = "musescore"  # soundfont name (see soundfonts/README.md) or path to a .sf2/.sf3
 SAMPLE_RATE = 48000  # render sample rate (Hz)
@@ -146,12 +145,14 @@ if __name__ == "__main__":
     # --- checks: the config, then the machine ------------------------------------------------------------------
     # Everything slow is imported after these, so a bad config fails in the ~2 s that preflight's imports take,
     # not the ~6 s of transformers and TRL (CPU time). accelerate launch and torchrun set WORLD_SIZE.
-    from preflight import check_config, gpu_problems
+    from processors import reward_problems
+    from smart_utils.preflight import check_config, gpu_problems
 
     problems = check_config(config, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    problems += reward_problems(REWARD_WEIGHTS, config)
     if problems:
         sys.exit("smart.py: the config cannot run:\n- " + "\n- ".join(problems))
-    from devices import one_gpu_unless_launched
+    from smart_utils.devices import one_gpu_unless_launched
 
     one_gpu_note = one_gpu_unless_launched()  # before anything starts CUDA
     problems = gpu_problems()
@@ -168,29 +169,24 @@ if __name__ == "__main__":
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    from clap_rewards import clap_model_ids
-    from devices import bf16_native, compute_device, policy_init_kwargs
-    from evaluation import evaluate_run
-    from midi_tokenizer import load_tokenizers
-    from multitrack import resolve_is_multitrack
     from processors import (
-        AUDIOBOX_HUB_ID,
-        REWARD_PROCESSORS,
-        AudioBoxAesRewardProcessor,
         MidiTokToSymusicProcessor,
-        RewardSettings,
         TinySoundfontSynthProcessor,
-        reward_class,
-        reward_processors_for,
+        build_reward_processors,
+        weight_models,
     )
-    from prompts import build_prompts
-    from render_pool import default_render_workers
-    from report import plot_training
     from reward_manager import RewardManager
-    from run_logs import read_run_logs, read_trainer_log
-    from run_record import build_record, describe, write_record
-    from soundfonts import resolve_soundfont
-    from stop_on_signal import StopOnSignal
+    from smart_utils.devices import bf16_native, compute_device, policy_init_kwargs
+    from smart_utils.evaluation import evaluate_run
+    from smart_utils.multitrack import resolve_is_multitrack
+    from smart_utils.prompts import build_prompts
+    from smart_utils.render_pool import default_render_workers
+    from smart_utils.report import plot_training
+    from smart_utils.run_logs import read_run_logs, read_trainer_log
+    from smart_utils.run_record import build_record, describe, write_record
+    from smart_utils.soundfont_sources import resolve_soundfont
+    from smart_utils.stop_on_signal import StopOnSignal
+    from smart_utils.tokenizer import load_tokenizers
 
     # --- the device, the seeds and the run folder ------------------------------------------------------------------
     on_gpu = torch.cuda.is_available()
@@ -225,7 +221,7 @@ if __name__ == "__main__":
         if RESUME is not None:
             archive_after_resume(run_dir, start_step, unfinished_checkpoints)
         else:
-            save_config(run_dir, config)
+            save_config(run_dir, config, config_files(sys.argv[1:]))
     state.wait_for_everyone()
     print(f"[smart] run directory: {run_dir}" + (f" (resuming from {checkpoint})" if checkpoint else ""))
 
@@ -241,7 +237,6 @@ if __name__ == "__main__":
 
     # --- the reward chain -----------------------------------------------------------------------------------------
     soundfont_path = resolve_soundfont(SOUNDFONT)
-    reward_settings = RewardSettings.from_config(config, device)
     reward_manager = RewardManager(
         processors=[
             MidiTokToSymusicProcessor(remi, is_multitrack=is_multitrack, max_beats=MAX_BEATS),
@@ -249,7 +244,7 @@ if __name__ == "__main__":
                 soundfont_path, SAMPLE_RATE, MAX_AUDIO_DURATION,
                 num_workers=default_render_workers(BATCH_SIZE) if RENDER_WORKERS is None else RENDER_WORKERS,
             ),
-            *reward_processors_for(REWARD_WEIGHTS, reward_settings),
+            *build_reward_processors(list(REWARD_WEIGHTS), config, device),
         ],
         reward_weights=REWARD_WEIGHTS,
         output_dir=run_dir,
@@ -276,12 +271,10 @@ if __name__ == "__main__":
     # --- what this run really used: printed, and saved beside smart_config.json ----------------------------------
     reference = getattr(trainer, "ref_model", None)
     record = build_record(
-        soundfont_path=soundfont_path, base_model=BASE_MODEL_PATH, audiobox_checkpoint=AUDIOBOX_CHECKPOINT,
-        uses_audiobox=any(REWARD_PROCESSORS.get(name) is AudioBoxAesRewardProcessor for name in REWARD_WEIGHTS),
-        audiobox_hub_id=AUDIOBOX_HUB_ID, device=trainer.accelerator.device, policy_dtype=trainer.model.dtype,
+        soundfont_path=soundfont_path, base_model=BASE_MODEL_PATH, models=weight_models(list(REWARD_WEIGHTS), config),
+        device=trainer.accelerator.device, policy_dtype=trainer.model.dtype,
         reference_dtype=None if reference is None else reference.dtype,
         mixed_precision="bf16" if training_args.bf16 else "no", num_processes=state.num_processes,
-        clap_models=clap_model_ids({reward_class(name, reward_settings) for name in REWARD_WEIGHTS}, reward_settings),
     )
     if state.is_main_process:
         print(describe(record))

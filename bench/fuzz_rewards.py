@@ -5,8 +5,8 @@
     python bench/fuzz_rewards.py --n 500 --clap standin   # also the CLAP rewards, on a random stand-in CLAP
 
 Every sequence goes through the real chain smart.py builds for weight-free rewards: MidiTokToSymusicProcessor ->
-TinySoundfontSynthProcessor (soundfont "timgm6mb") -> ScaleConsistencyReward, NoteDensityReward,
-FilledBeatsReward, AudioActivityReward (and with ``--clap`` the CLAP rewards clap, clap_clf and pam_avg),
+TinySoundfontSynthProcessor (soundfont "timgm6mb") -> ScaleConsistencyReward, NoteDensityRewardProcessor,
+FilledBeatsRewardProcessor, AudioActivityRewardProcessor (and with ``--clap`` the CLAP rewards clap, clap_clf and pam_avg),
 combined by a RewardManager, in batches of 64 (one reward step each,
 with its parquet log, MIDI and audio written to a temporary folder). The sequences mix six generators
 (``GENERATORS``): uniform random ids including ids outside the vocabulary, grammar-plausible REMI with
@@ -39,7 +39,6 @@ import pyarrow.parquet as pq
 if not __package__:  # run as `python bench/x.py`, which puts bench/ on the path: the repository root instead
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from midi_tokenizer import default_remi
 from processors import (
     DEFAULT_MAX_AUDIO_SECONDS,
     DEFAULT_SAMPLE_RATE,
@@ -49,7 +48,8 @@ from processors import (
     reward_processors_for,
 )
 from reward_manager import RewardManager
-from soundfonts import resolve_soundfont
+from smart_utils.soundfont_sources import resolve_soundfont
+from smart_utils.tokenizer import default_remi
 
 WEIGHTS = {"scale_consistency": 1.0, "note_density": 1.0, "filled_beats": 1.0, "audio_activity": 1.0}
 CLAP_WEIGHTS = {"clap": 1.0, "clap_clf": 1.0, "pam_avg": 1.0}  # added by --clap

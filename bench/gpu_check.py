@@ -64,8 +64,8 @@ import torch  # noqa: E402
 from bench.original import OriginalTinySoundfontRenderer  # noqa: E402
 from bench.reward_pipeline import fresh, original_decode, original_render, run_timed_smart, timed  # noqa: E402
 from bench.standins import AUDIOBOX_HUB_ID, PAPER_POLICY_SIZE, POLICY_HUB_ID, fill_paper_hub_cache  # noqa: E402
-from run_folder import read_run_config  # noqa: E402
-from soundfonts import SoundfontNotFound, resolve_soundfont  # noqa: E402
+from smart_utils.run_folder import read_run_config  # noqa: E402
+from smart_utils.soundfont_sources import SoundfontNotFound, resolve_soundfont  # noqa: E402
 
 TINY = ["--BATCH_SIZE=2", "--NUM_GENERATIONS=2", "--MAX_COMPLETION_LENGTH=32"]  # --tiny: a CPU can run it
 SCORE_TOLERANCE = 1e-3  # on the 1-10 scale; cuDNN/TF32 kernels differ from the CPU reference by ~1e-4
@@ -145,9 +145,9 @@ def reward_stage_comparison(
     report lines, the largest score difference, this project's scores and audio."""
     from audiobox_aesthetics.infer import initialize_predictor
 
-    from midi_tokenizer import load_remi
     from processors import AES_AXES, AudioBoxAesRewardProcessor, MidiTokToSymusicProcessor, TinySoundfontSynthProcessor
-    from render_pool import default_render_workers
+    from smart_utils.render_pool import default_render_workers
+    from smart_utils.tokenizer import load_remi
 
     last = max(int(folder.name) for folder in (run_dir / "rl_logs").iterdir())
     records = [{**row, "normalized_rewards": {}, "errors": []}

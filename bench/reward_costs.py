@@ -42,7 +42,7 @@ from processors import (  # noqa: E402
     RewardSettings,
     TinySoundfontSynthProcessor,
 )
-from soundfonts import resolve_soundfont  # noqa: E402
+from smart_utils.soundfont_sources import resolve_soundfont  # noqa: E402
 
 # laion/larger_clap_*'s audio encoder (HTSAT-base), as we read its published config; the weights are random.
 LARGER_CLAP_AUDIO = dict(depths=[2, 2, 12, 2], num_attention_heads=[4, 8, 16, 32], patch_embeds_hidden_size=128,

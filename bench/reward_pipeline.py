@@ -44,16 +44,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.original import OriginalTinySoundfontRenderer  # noqa: E402
-from midi_tokenizer import load_tokenizers  # noqa: E402
 from processors import (  # noqa: E402
     AES_AXES,
     DEFAULT_MAX_AUDIO_SECONDS,
     DEFAULT_SAMPLE_RATE,
-    AudioActivityReward,
+    AudioActivityRewardProcessor,
     AudioBoxAesRewardProcessor,
-    FilledBeatsReward,
+    FilledBeatsRewardProcessor,
     MidiTokToSymusicProcessor,
-    NoteDensityReward,
+    NoteDensityRewardProcessor,
     Record,
     ScaleConsistencyReward,
     TinySoundfontSynthProcessor,
@@ -61,9 +60,10 @@ from processors import (  # noqa: E402
     crop_score,
     score_seconds,
 )
-from prompts import build_prompts, tokens_of_kind  # noqa: E402
-from render_pool import available_cores, default_render_workers  # noqa: E402
-from soundfonts import resolve_soundfont  # noqa: E402
+from smart_utils.prompts import build_prompts, tokens_of_kind  # noqa: E402
+from smart_utils.render_pool import available_cores, default_render_workers  # noqa: E402
+from smart_utils.soundfont_sources import resolve_soundfont  # noqa: E402
+from smart_utils.tokenizer import load_tokenizers  # noqa: E402
 
 # smart.py's defaults (the paper's run): 64 completions per step, 256 tokens, 100 beats, 10 s at 48 kHz.
 SEED = 0
@@ -216,7 +216,7 @@ def tempo_sweep(records: list[dict], original: OriginalTinySoundfontRenderer,
 
 
 def weight_free_rewards(records: list[dict]) -> list[dict]:
-    for processor in (ScaleConsistencyReward(), NoteDensityReward(), FilledBeatsReward(), AudioActivityReward()):
+    for processor in (ScaleConsistencyReward(), NoteDensityRewardProcessor(), FilledBeatsRewardProcessor(), AudioActivityRewardProcessor()):
         processor(records)
     return records
 

@@ -27,7 +27,7 @@ import miditok
 import torch
 from transformers import Phi3Config, Phi3ForCausalLM
 
-from midi_tokenizer import bridge_tokenizer, default_remi, multitrack_remi
+from smart_utils.tokenizer import bridge_tokenizer, default_remi, multitrack_remi
 
 AUDIOBOX_CONFIG = dict(
     proj_num_layer=1, proj_ln=False, proj_act_fn="gelu", proj_dropout=0.0, nth_layer=13,

@@ -26,6 +26,6 @@ def audiobox_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def soundfont() -> str:
     """The soundfont every install has (TimGM6mb.sf2 from the pretty_midi wheel)."""
-    from soundfonts import resolve_soundfont
+    from smart_utils.soundfont_sources import resolve_soundfont
 
     return resolve_soundfont("timgm6mb")

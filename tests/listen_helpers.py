@@ -7,7 +7,7 @@ from pathlib import Path
 
 import symusic
 
-from listen_stimuli import STUDY_GENERATION, build_study
+from listening.stimuli import STUDY_GENERATION, build_study
 
 TPQ = 24  # ticks per quarter; with no tempo event a quarter lasts 0.5 s (120 BPM)
 

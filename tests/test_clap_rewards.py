@@ -18,9 +18,7 @@ import torchaudio
 from transformers import ClapModel, ClapProcessor
 
 from bench.standins import fill_clap_hub_cache, make_tiny_clap
-from clap_rewards import UNSCORABLE_REWARD
 from conftest import ROOT
-from pam_prompts import PROMPT_PAIRS
 from processors import (
     REWARD_PROCESSORS,
     CLAPPromptRewardProcessor,
@@ -30,7 +28,9 @@ from processors import (
     reward_class,
     reward_processors_for,
 )
-from run_record import RECORD_FILE
+from smart_utils.clap import UNSCORABLE_REWARD
+from smart_utils.pam_prompts import PROMPT_PAIRS
+from smart_utils.run_record import RECORD_FILE
 
 RATE = 48000
 CPU = torch.device("cpu")
@@ -197,7 +197,7 @@ def test_the_smart_constants_reach_each_processor_through_reward_settings(clap_d
 
 
 def test_the_registry_and_preflight_know_the_clap_and_pam_rewards(clap_dir):
-    from preflight import check_config
+    from smart_utils.preflight import check_config
 
     assert REWARD_PROCESSORS["clap"] is CLAPPromptRewardProcessor
     assert REWARD_PROCESSORS["clap_clf"] is CLAPZeroShotClassificationRewardProcessor

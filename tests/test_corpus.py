@@ -7,7 +7,7 @@ import numpy as np
 import symusic
 
 import corpus
-from midi_tokenizer import default_remi
+from smart_utils.tokenizer import default_remi
 
 
 def _two_part_score() -> music21.stream.Score:

@@ -16,13 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 import symusic
 
-import evaluation
 from bench.standins import make_tiny_policy
-from features import FEATURES
-from generate import GenerationSettings
-from report import holm, permutation_p_value
-from run_logs import read_run_logs
-from soundfonts import resolve_soundfont
+from smart_utils import evaluation
+from smart_utils.features import FEATURES
+from smart_utils.generation import GenerationSettings
+from smart_utils.report import holm, permutation_p_value
+from smart_utils.run_logs import read_run_logs
+from smart_utils.soundfont_sources import resolve_soundfont
 
 PAPER_COLUMNS = list(FEATURES)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import symusic
 
-import features as F
+from smart_utils import features as F
 
 TPQ = 24  # one beat = 24 ticks in the hand-made scores
 

@@ -11,14 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import fuzz_rewards
-from midi_tokenizer import default_remi
 from processors import (
     DEFAULT_MAX_AUDIO_SECONDS,
     DEFAULT_SAMPLE_RATE,
-    AudioActivityReward,
-    FilledBeatsReward,
+    AudioActivityRewardProcessor,
+    FilledBeatsRewardProcessor,
     MidiTokToSymusicProcessor,
-    NoteDensityReward,
+    NoteDensityRewardProcessor,
     Processor,
     ScaleConsistencyReward,
     TinySoundfontSynthProcessor,
@@ -26,6 +25,7 @@ from processors import (
 )
 from reward_manager import RewardManager
 from scores import make_score
+from smart_utils.tokenizer import default_remi
 
 REMI = default_remi()
 VOCAB = len(REMI)
@@ -74,7 +74,7 @@ def weight_free_chain(output_dir, soundfont, sample_rate, seconds):
         processors=[
             MidiTokToSymusicProcessor(REMI, is_multitrack=False, max_beats=100),
             TinySoundfontSynthProcessor(soundfont, sample_rate, seconds),
-            ScaleConsistencyReward(), NoteDensityReward(), FilledBeatsReward(), AudioActivityReward(),
+            ScaleConsistencyReward(), NoteDensityRewardProcessor(), FilledBeatsRewardProcessor(), AudioActivityRewardProcessor(),
         ],
         reward_weights=fuzz_rewards.WEIGHTS,
         output_dir=output_dir,
@@ -141,7 +141,7 @@ def test_pathological_scores_render_at_most_10_s_and_score_in_bounds(soundfont, 
     score = make_score(notes)
     records = [score_record(0, score)]
     processors = (TinySoundfontSynthProcessor(soundfont, DEFAULT_SAMPLE_RATE), ScaleConsistencyReward(),
-                  NoteDensityReward(), FilledBeatsReward(), AudioActivityReward())
+                  NoteDensityRewardProcessor(), FilledBeatsRewardProcessor(), AudioActivityRewardProcessor())
     for processor in processors:
         processor(records)
     audio = records[0]["audio"]

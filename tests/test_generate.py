@@ -9,10 +9,10 @@ import pytest
 import soundfile
 import symusic
 
-from generate import GenerationSettings, generate_pieces, read_samples_csv, resolve_model_dir
-from midi_tokenizer import default_remi
 from processors import DEFAULT_SAMPLE_RATE
-from prompts import build_prompts
+from smart_utils.generation import GenerationSettings, generate_pieces, read_samples_csv, resolve_model_dir
+from smart_utils.prompts import build_prompts
+from smart_utils.tokenizer import default_remi
 
 SETTINGS = GenerationSettings(n=3, max_new_tokens=48, batch_size=2, seed=5)
 

@@ -19,15 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-import devices
-import preflight
-import render_pool
 from conftest import ROOT
 from processors import AudioBoxAesRewardProcessor, Processor, check_weight_names, load_aes_predictor
-from render_pool import RenderPool, cgroup_cpu_limit, default_render_workers
-from renderer import RenderSettings
 from reward_manager import ProcessorFailed, RewardManager
 from scores import make_score
+from smart_utils import devices, preflight, render_pool
+from smart_utils.render_pool import RenderPool, cgroup_cpu_limit, default_render_workers
+from smart_utils.rendering import RenderSettings
 
 SAMPLE_RATE = 48000
 
@@ -361,7 +359,7 @@ def test_trl_loads_policy_and_reference_with_the_single_device_map(monkeypatch, 
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from midi_tokenizer import load_tokenizers
+    from smart_utils.tokenizer import load_tokenizers
 
     received = []
     real_create = grpo.create_model_from_path

@@ -4,7 +4,7 @@ import pytest
 import symusic
 import torch
 
-from processors import GroupDiversityReward, RewardSettings, completion_record, reward_processors_for
+from processors import GroupDiversityRewardProcessor, RewardSettings, completion_record, reward_processors_for
 from scores import make_score
 
 # One-note and two-note pieces whose descriptor distances are easy by hand: descriptor_distance is
@@ -31,7 +31,7 @@ def batch(groups: list[tuple[int, list[symusic.Score]]]) -> list[dict]:
 
 
 def rewards(records: list[dict], num_generations: int) -> list[float]:
-    GroupDiversityReward(num_generations)(records)
+    GroupDiversityRewardProcessor(num_generations)(records)
     return [record["normalized_rewards"]["group_diversity"] for record in records]
 
 
@@ -53,7 +53,7 @@ def test_hand_computed_distances_and_groups_do_not_leak():
 
 
 def test_group_mean_is_evaluations_mean_pairwise_distance():
-    from features import mean_pairwise_distance
+    from smart_utils.features import mean_pairwise_distance
 
     values = rewards(batch([(5, FOUR)]), 4)
     assert sum(values) / 4 == pytest.approx(mean_pairwise_distance(FOUR), abs=1e-12)
@@ -70,7 +70,7 @@ def test_note_less_completions_score_zero_and_add_no_diversity_to_others():
 def test_mixed_prompts_fall_back_to_grouping_by_prompt_and_say_so(capsys):
     """Blocks of 4 that mix two prompts (a group split across ranks): grouped by prompt, noted in every record."""
     interleaved = [rec for pair in zip(batch([(5, FOUR)]), batch([(6, [C_ON_BEAT] * 4)])) for rec in pair]
-    reward = GroupDiversityReward(4)
+    reward = GroupDiversityRewardProcessor(4)
     reward(interleaved)
     values = [record["normalized_rewards"]["group_diversity"] for record in interleaved]
     assert values[0::2] == pytest.approx(HAND, abs=1e-12) and values[1::2] == [0.0] * 4
@@ -104,7 +104,7 @@ def test_built_from_smarts_constants_through_reward_processors_for():
     settings = RewardSettings.from_config({**config, "NUM_GENERATIONS": 4}, torch.device("cpu"))
     assert isinstance(settings, RewardSettings) and settings.num_generations == 4
     (processor,) = reward_processors_for({"group_diversity": 1.0}, settings)
-    assert isinstance(processor, GroupDiversityReward) and processor.num_generations == 4
+    assert isinstance(processor, GroupDiversityRewardProcessor) and processor.num_generations == 4
     records = processor(batch([(5, FOUR), (6, FOUR[::-1])]))
     values = [record["normalized_rewards"]["group_diversity"] for record in records]
     assert values == pytest.approx(HAND + HAND[::-1], abs=1e-12)

@@ -16,7 +16,7 @@ import pytest
 
 from bench.standins import AUDIOBOX_HUB_ID, POLICY_HUB_ID, fill_paper_hub_cache
 from conftest import ROOT
-from run_record import RECORD_FILE, differences
+from smart_utils.run_record import RECORD_FILE, differences
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_the_run_folder_records_soundfont_models_device_and_versions(hub_run, hu
     run_dir, result = hub_run
     _, commits = hub_env
     record = json.loads((run_dir / RECORD_FILE).read_text())
-    from soundfonts import resolve_soundfont
+    from smart_utils.soundfont_sources import resolve_soundfont
 
     soundfont = Path(resolve_soundfont("timgm6mb"))
     assert record["soundfont"]["sha256"] == hashlib.sha256(soundfont.read_bytes()).hexdigest()

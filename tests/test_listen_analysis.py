@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from listen_analysis import analyse, sign_flip_p_value
-from listen_server import DATABASE, ResponseStore, trial_order
-from listen_stimuli import MANIFEST
+from listening.analysis import analyse, sign_flip_p_value
+from listening.server import DATABASE, ResponseStore, trial_order
+from listening.stimuli import MANIFEST
 
 PROMPTS = 15
 PARTICIPANTS = 14  # the paper's listeners

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from listen_helpers import short_study
-from listen_server import DATABASE, StudyServer
+from listening.server import DATABASE, StudyServer
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -14,7 +14,7 @@ import requests
 
 import listen
 from listen_helpers import short_study
-from listen_server import DATABASE, MAX_BODY_BYTES, TOKEN_FILE, StudyServer, trial_order
+from listening.server import DATABASE, MAX_BODY_BYTES, TOKEN_FILE, StudyServer, trial_order
 
 TIMEOUT = 60  # seconds per request: bounds a hung server, never asserted as a speed
 

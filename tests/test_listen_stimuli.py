@@ -18,7 +18,7 @@ import soundfile
 
 import listen
 from listen_helpers import write_pieces
-from listen_stimuli import (
+from listening.stimuli import (
     GORILLA_CSV,
     MANIFEST,
     PEAK_CEILING_DB,
@@ -28,7 +28,7 @@ from listen_stimuli import (
     loudness_target,
 )
 from processors import STANDALONE_REWARDS
-from soundfonts import resolve_soundfont
+from smart_utils.soundfont_sources import resolve_soundfont
 
 CLIP_NAME = re.compile(r"stimuli/[0-9a-f]{12}\.wav")
 

@@ -1,6 +1,6 @@
 """The token bridge: HF tokenizer ids must be exactly the miditok ids, through save and load."""
 
-from midi_tokenizer import MIDITOK_FILE, bridge_tokenizer, default_remi, load_tokenizers
+from smart_utils.tokenizer import MIDITOK_FILE, bridge_tokenizer, default_remi, load_tokenizers
 
 
 def test_layout_is_the_papers_413_tokens():

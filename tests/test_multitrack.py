@@ -15,22 +15,22 @@ import symusic
 import processors
 from bench.standins import make_tiny_multitrack_policy
 from conftest import ROOT
-from midi_tokenizer import default_remi, is_multitrack, load_tokenizers, multitrack_remi
-from multitrack import (
-    ProgramPromptAdherenceRewardProcessor,
-    TrackIoUReward,
-    TrackPromptAdherenceRewardProcessor,
-    resolve_is_multitrack,
-)
 from processors import (
     CustomTokenizerToSymusicProcessor,
     MidiTokToSymusicProcessor,
     SymusicSynthProcessor,
     SymusicSynthUnavailable,
 )
-from prompts import MAX_PROMPT_PROGRAMS, build_prompts, dataset_prompt_tokens
-from renderer import RenderSettings, SoundfontRenderer
 from scores import make_multitrack_score
+from smart_utils.multitrack import (
+    ProgramPromptAdherenceRewardProcessor,
+    TrackIoURewardProcessor,
+    TrackPromptAdherenceRewardProcessor,
+    resolve_is_multitrack,
+)
+from smart_utils.prompts import MAX_PROMPT_PROGRAMS, build_prompts, dataset_prompt_tokens
+from smart_utils.rendering import RenderSettings, SoundfontRenderer
+from smart_utils.tokenizer import default_remi, is_multitrack, load_tokenizers, multitrack_remi
 
 PIANO, BASS, DRUMS = 0, 33, -1  # GM programs; -1 is miditok's drums
 BEAT_NOTES = [(beat, 0.5, 40 + beat, 100) for beat in range(4)]  # four short notes: pitches 40-43
@@ -77,19 +77,19 @@ def test_track_iou_weights_the_prompts_program_counts_against_non_empty_tracks()
 
 def test_track_iou_reads_drums_both_ways_and_ends_the_head_at_track_none():
     drums_only = make_multitrack_score([(0, True, BEAT_NOTES)])
-    record = TrackIoUReward()([token_record(["Program_-1", "Bar_None"], drums_only)])[0]
+    record = TrackIoURewardProcessor()([token_record(["Program_-1", "Bar_None"], drums_only)])[0]
     assert record["normalized_rewards"] == {"programs_iou_tracks": 1.0}  # the original's spelling never matched
     piano = make_multitrack_score([(PIANO, False, BEAT_NOTES)])
     # the original tokenizer's head ends at Track_None: Program_33 after it is not asked for -> 1 / 1
-    record = TrackIoUReward()([token_record(["Program_0", "Track_None", "Program_33", "Bar_None"], piano)])[0]
+    record = TrackIoURewardProcessor()([token_record(["Program_0", "Track_None", "Program_33", "Bar_None"], piano)])[0]
     assert record["normalized_rewards"]["programs_iou_tracks"] == 1.0
-    record = TrackIoUReward()([token_record(["Pitch_60"], symusic.Score(12))])[0]
+    record = TrackIoURewardProcessor()([token_record(["Pitch_60"], symusic.Score(12))])[0]
     assert record["normalized_rewards"]["programs_iou_tracks"] == 0.0 and len(record["errors"]) == 2
 
 
 def test_the_two_rewards_are_registered_under_two_names_and_run_together():
     assert processors.REWARD_PROCESSORS["programs_iou"] is ProgramPromptAdherenceRewardProcessor
-    assert processors.REWARD_PROCESSORS["programs_iou_tracks"] is TrackIoUReward
+    assert processors.REWARD_PROCESSORS["programs_iou_tracks"] is TrackIoURewardProcessor
     assert processors.TrackPromptAdherenceRewardProcessor is TrackPromptAdherenceRewardProcessor
     chain = processors.reward_processors_for({"programs_iou": 1.0, "programs_iou_tracks": 1.0})
     piano = make_multitrack_score([(PIANO, False, BEAT_NOTES)])

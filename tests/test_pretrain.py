@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import pretrain
-from midi_tokenizer import default_remi, load_tokenizers
+from smart_utils.tokenizer import default_remi, load_tokenizers
 
 
 def _write_midi(path, seed: int, drums: bool = False) -> None:

@@ -5,14 +5,13 @@ import pytest
 import torch
 
 from bench.original import OriginalTinySoundfontRenderer
-from midi_tokenizer import default_remi
 from processors import DEFAULT_SAMPLE_RATE as SAMPLE_RATE
 from processors import (
-    AudioActivityReward,
+    AudioActivityRewardProcessor,
     AudioBoxAesRewardProcessor,
-    FilledBeatsReward,
+    FilledBeatsRewardProcessor,
     MidiTokToSymusicProcessor,
-    NoteDensityReward,
+    NoteDensityRewardProcessor,
     ScaleConsistencyReward,
     TinySoundfontSynthProcessor,
     crop_score,
@@ -20,6 +19,7 @@ from processors import (
     score_seconds,
 )
 from scores import make_score, random_scores
+from smart_utils.tokenizer import default_remi
 
 
 def records_of(scores):
@@ -87,14 +87,14 @@ def test_note_density_reward():
     two_per_beat = make_score([(i / 2, 0.5, 60, 80) for i in range(32)])  # 32 notes in 16 beats
     one_per_beat = make_score([(i, 1, 60, 80) for i in range(16)])
     late = make_score([(20 + i, 1, 60, 80) for i in range(16)])  # all after the 16-beat window
-    records = NoteDensityReward(beats=16, target_notes_per_beat=2.0)(records_of([two_per_beat, one_per_beat, late]))
+    records = NoteDensityRewardProcessor(beats=16, target_notes_per_beat=2.0)(records_of([two_per_beat, one_per_beat, late]))
     assert [r["normalized_rewards"]["note_density"] for r in records] == pytest.approx([1.0, 0.5, 0.0])
 
 
 def test_filled_beats_reward():
     three_of_four = make_score([(0, 0.5, 60, 80), (1, 0.5, 62, 80), (3, 0.5, 64, 80)])  # beat 2 is silent
     full = make_score([(0, 4, 60, 80)])
-    records = FilledBeatsReward()(records_of([three_of_four, full, make_score([])]))
+    records = FilledBeatsRewardProcessor()(records_of([three_of_four, full, make_score([])]))
     assert [r["normalized_rewards"]["filled_beats"] for r in records] == pytest.approx([0.75, 1.0, 0.0])
 
 
@@ -106,7 +106,7 @@ def test_audio_activity_reward_on_synthetic_audio():
     half = tone.copy()
     half[5 * sr:] = 0
     short = tone[: sr]
-    records = AudioActivityReward(max_audio_seconds=10)(
+    records = AudioActivityRewardProcessor(max_audio_seconds=10)(
         [record(np.stack([tone, tone])), record(np.stack([half, half])), record(np.stack([short, short])),
          record(np.zeros((2, sr)))]
     )
@@ -157,7 +157,7 @@ def test_a_registered_class_with_a_no_argument_constructor_is_built_by_the_regis
 
     monkeypatch.setitem(processors.REWARD_PROCESSORS, "MY_REWARD", MyRewardProcessor)
     built = processors.reward_processors_for({"MY_REWARD": 1.0, "note_density": 1.0})
-    assert [type(p) for p in built] == [NoteDensityReward, MyRewardProcessor]
+    assert [type(p) for p in built] == [NoteDensityRewardProcessor, MyRewardProcessor]
 
 
 def test_the_registry_builds_each_reward_from_the_run_settings(audiobox_checkpoint):
@@ -168,7 +168,7 @@ def test_the_registry_builds_each_reward_from_the_run_settings(audiobox_checkpoi
     audiobox, activity = reward_processors_for({"audio_activity": 1.0, "CE": 1.0, "PQ": 1.0}, settings)
     assert isinstance(audiobox, AudioBoxAesRewardProcessor) and audiobox.batch_size == 3  # one for all four axes
     assert audiobox.aes_predictor.device == torch.device("cpu")
-    assert isinstance(activity, AudioActivityReward) and activity.max_audio_seconds == 4
+    assert isinstance(activity, AudioActivityRewardProcessor) and activity.max_audio_seconds == 4
 
 
 def test_record_documents_every_key_the_chain_adds(soundfont):

@@ -2,9 +2,9 @@
 
 import pytest
 
-from midi_tokenizer import default_remi
-from prompts import build_prompts
 from scores import make_score
+from smart_utils.prompts import build_prompts
+from smart_utils.tokenizer import default_remi
 
 
 @pytest.fixture(scope="module")

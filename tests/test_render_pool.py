@@ -12,9 +12,9 @@ import pytest
 from bench.original import OriginalTinySoundfontRenderer
 from processors import DEFAULT_SAMPLE_RATE as SAMPLE_RATE
 from processors import TinySoundfontSynthProcessor, crop_score, score_record, score_seconds
-from render_pool import RenderPool
-from renderer import RenderSettings, SoundfontRenderer
 from scores import make_score, random_scores
+from smart_utils.render_pool import RenderPool
+from smart_utils.rendering import RenderSettings, SoundfontRenderer
 
 
 def records_of(scores):

@@ -112,7 +112,7 @@ def test_sigkill_then_resume_then_sigterm_then_resume_continues_the_run(tmp_path
 def test_ctrl_c_and_sigterm_ask_for_a_checkpoint_and_a_stop_after_the_current_step():
     from transformers import TrainerControl
 
-    from stop_on_signal import StopOnSignal
+    from smart_utils.stop_on_signal import StopOnSignal
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import soundfonts
 from conftest import ROOT
-from pam_prompts import PROMPT_PAIRS
-from preflight import check_config
-from soundfonts import SoundfontNotFound, resolve_soundfont
+from smart_utils import soundfont_sources as soundfonts
+from smart_utils.pam_prompts import PROMPT_PAIRS
+from smart_utils.preflight import check_config
+from smart_utils.soundfont_sources import SoundfontNotFound, resolve_soundfont
 
 PAPER_DEFAULTS = dict(
     SEED=1, TRAINER_SEED=42, NUM_GENERATIONS=8, TEMPERATURE=1.0, NUM_ITERATIONS=1, SCALE_REWARDS=True,
@@ -173,7 +173,7 @@ def test_two_grpo_steps_through_the_whole_chain(tmp_path, tiny_policy, audiobox_
 # A reward added without editing the project: a config file is Python, run before smart.py builds its chain.
 REWARD_PLUGIN = '''
 import processors
-from midi_tokenizer import default_remi
+from smart_utils.tokenizer import default_remi
 
 pitches = {token_id for token, token_id in default_remi().vocab.items() if token.startswith("Pitch_")}
 
@@ -194,7 +194,7 @@ REWARD_WEIGHTS = {"my_reward": 1.0}
 
 
 def test_a_reward_registered_in_a_config_file_trains_through_smart_py(tmp_path, tiny_policy):
-    from midi_tokenizer import default_remi
+    from smart_utils.tokenizer import default_remi
 
     plugin = tmp_path / "my_reward.py"
     plugin.write_text(REWARD_PLUGIN)

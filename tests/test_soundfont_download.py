@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from symusic.soundfont import Soundfont
 
-import soundfonts
-from soundfonts import SoundfontDownloadError, SoundfontNotFound, resolve_soundfont
+from smart_utils import soundfont_sources as soundfonts
+from smart_utils.soundfont_sources import SoundfontDownloadError, SoundfontNotFound, resolve_soundfont
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MB standing in for MuseScore_General.sf3
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-import soundfonts
-from soundfonts import SoundfontNotFound, resolve_soundfont
+from smart_utils import soundfont_sources as soundfonts
+from smart_utils.soundfont_sources import SoundfontNotFound, resolve_soundfont
 
 
 def test_timgm6mb_always_resolves_from_the_pretty_midi_wheel():

@@ -19,7 +19,6 @@ The study folder::
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import random
@@ -37,36 +36,24 @@ import symusic
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
-import features
-from evaluation import audio_scores, is_model, load_audiobox, named_reward_processors
-from generate import (
-    GenerationSettings,
-    default_device,
-    read_samples_csv,
-    resolve_model_dir,
-    sample_completions,
-)
-from midi_tokenizer import load_tokenizers
-from processors import (
-    DEFAULT_MAX_AUDIO_SECONDS,
-    DEFAULT_SAMPLE_RATE,
-    STANDALONE_REWARDS,
-    MidiTokToSymusicProcessor,
-    TinySoundfontSynthProcessor,
-    crop_score,
-    score_seconds,
-)
-from prompts import build_prompts, list_midi_files
-from reward_manager import write_wav
-from run_folder import read_run_config
-from soundfonts import SoundfontNotFound, resolve_soundfont
+from processors import STANDALONE_REWARDS, MidiTokToSymusicProcessor, TinySoundfontSynthProcessor
+from smart_utils import features
+from smart_utils.devices import compute_device
+from smart_utils.evaluation import audio_scores, is_model, load_audiobox, named_reward_processors
+from smart_utils.features import score_seconds
+from smart_utils.files import file_digest, list_midi_files, write_json_atomically, write_wav
+from smart_utils.generation import GenerationSettings, read_samples_csv, sample_completions
+from smart_utils.model_paths import resolve_model_dir
+from smart_utils.prompts import build_prompts
+from smart_utils.records import crop_score
+from smart_utils.run_folder import read_run_config
+from smart_utils.soundfont_sources import SoundfontNotFound, resolve_soundfont
+from smart_utils.tokenizer import load_tokenizers
 
 MANIFEST = "manifest.json"
 STIMULI_DIR = "stimuli"
 MIDI_DIR = "midi"
 GORILLA_CSV = "gorilla_spreadsheet.csv"
-SAMPLE_RATE = DEFAULT_SAMPLE_RATE  # the paper's stimuli are rendered as training renders
-CLIP_SECONDS = DEFAULT_MAX_AUDIO_SECONDS
 MIN_SECONDS = 8.0  # the paper's rule: a piece lasts at least 8 s ...
 MAX_EMPTY_BEAT_RATE = 0.0  # ... and has no empty beat
 PEAK_CEILING_DB = -1.0  # no clip is amplified above this sample peak (dBFS): a louder target is lowered for all
@@ -215,14 +202,6 @@ def choose_soundfont(requested: str | None, systems: Mapping[str, str]) -> tuple
         return FALLBACK_SOUNDFONT, resolve_soundfont(FALLBACK_SOUNDFONT), "MuseScore General not found: fallback"
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Loudness
 
@@ -289,6 +268,7 @@ def build_study(
     systems: Mapping[str, str],
     out_dir: str | Path,
     *,
+    constants: Mapping[str, Any],
     generation: GenerationSettings = STUDY_GENERATION,
     max_tries: int = 10,
     soundfont: str | None = None,
@@ -297,7 +277,8 @@ def build_study(
     device: str | None = None,
 ) -> BuildReport:
     """Write a study folder (see the module docstring) for ``systems`` (name -> model, checkpoint, run or MIDI
-    folder); every system answers ``generation.n`` prompts. The study is written to ``<out>.partial`` and renamed
+    folder); every system answers ``generation.n`` prompts. Clips are rendered as ``constants`` (smart.py's, or a
+    run's) render for the reward: sample_rate, MAX_AUDIO_DURATION. The study is written to ``<out>.partial`` and renamed
     when complete, so Ctrl-C never leaves a half-built study; a non-empty ``out`` is refused, so that a collected
     study's clips are never replaced under its responses. The rendered clips stay in memory until every loudness
     is known (3.8 MB per 10 s clip: 115 MB for the paper's 30)."""
@@ -311,10 +292,11 @@ def build_study(
     if max_tries < 1:
         raise ValueError(f"max_tries={max_tries}: give at least 1")
     started = time.perf_counter()
-    device = device or default_device()
+    device = str(compute_device(device))
     sf_name, sf_path, sf_why = choose_soundfont(soundfont, systems)
     print(f"[listen] soundfont {sf_name} ({sf_path}): {sf_why}")
-    aes, why_not = load_audiobox(audiobox)  # before sampling: a bad checkpoint fails fast
+    sample_rate, clip_seconds = constants["sample_rate"], constants["MAX_AUDIO_DURATION"]
+    aes, why_not = load_audiobox(audiobox, device)  # before sampling: a bad checkpoint fails fast
     if audiobox is not None and aes is None:
         raise ValueError(f"--audiobox {audiobox}: {why_not}; fix the path or leave --audiobox out")
     prompts = study_prompts(systems, generation)
@@ -326,13 +308,13 @@ def build_study(
         else:
             pieces += folder_pieces(name, Path(source), prompts, generation.max_beats)
 
-    scorers = ([aes] if aes else []) + named_reward_processors(STANDALONE_REWARDS)
-    synth = TinySoundfontSynthProcessor(sf_path, SAMPLE_RATE, CLIP_SECONDS)
+    scorers = ([aes] if aes else []) + named_reward_processors(STANDALONE_REWARDS, constants, device)
+    synth = TinySoundfontSynthProcessor(sf_path, sample_rate, clip_seconds)
     audio: dict[int, np.ndarray] = {}
     values = audio_scores([p.score for p in pieces], synth, scorers, "rendering and scoring clips",
                           on_clip=lambda k, clip: audio.__setitem__(k, np.array(clip)))
 
-    loudness = [integrated_loudness(audio[k], SAMPLE_RATE) for k in range(len(pieces))]
+    loudness = [integrated_loudness(audio[k], sample_rate) for k in range(len(pieces))]
     peaks = [float(np.abs(audio[k]).max()) for k in range(len(pieces))]
     effective = loudness_target(loudness, peaks, target_lufs)
 
@@ -346,19 +328,19 @@ def build_study(
         gain_db = effective - loudness[k] if math.isfinite(loudness[k]) else 0.0
         scaled = audio[k] * np.float32(10 ** (gain_db / 20))
         file = f"{STIMULI_DIR}/{clip_id}.wav"
-        write_wav(out / file, scaled, SAMPLE_RATE)
+        write_wav(out / file, scaled, sample_rate)
         piece.score.dump_midi(str(out / MIDI_DIR / f"{clip_id}.mid"))
         clips.append({
             "id": clip_id, "file": file, "midi": f"{MIDI_DIR}/{clip_id}.mid", "system": piece.system,
             "prompt_index": piece.prompt_index, "prompt": piece.prompt, "seed": piece.seed, "tries": piece.tries,
             "accepted_try": piece.accepted_try, "passed_rule": piece.passed_rule, "source": piece.source,
-            **piece.rule_values, "audio_seconds": audio[k].shape[1] / SAMPLE_RATE,
+            **piece.rule_values, "audio_seconds": audio[k].shape[1] / sample_rate,
             "loudness_lufs_rendered": loudness[k], "gain_db": gain_db,
             "peak_dbfs": 20 * math.log10(peaks[k] * 10 ** (gain_db / 20)) if peaks[k] > 0 else -math.inf,
             "soundfont_sha256": None,  # filled below: one hash for the whole study
             "scores": values[k],
         })
-    digest = sha256_of(sf_path)
+    digest = file_digest(sf_path)
     for clip in clips:
         clip["soundfont_sha256"] = digest
     clips.sort(key=lambda c: c["id"])
@@ -376,7 +358,7 @@ def build_study(
         "systems": dict(systems),
         "generation": asdict(generation), "max_tries": max_tries,
         "rule": {"max_empty_beat_rate": MAX_EMPTY_BEAT_RATE, "min_seconds": MIN_SECONDS},
-        "render": {"sample_rate": SAMPLE_RATE, "clip_seconds": CLIP_SECONDS},
+        "render": {"sample_rate": sample_rate, "clip_seconds": clip_seconds},
         "soundfont": {"name": sf_name, "path": sf_path, "sha256": digest, "why": sf_why},
         "loudness": {"standard": "ITU-R BS.1770-4 (pyloudnorm)", "target_lufs": target_lufs,
                      "effective_lufs": effective, "peak_ceiling_dbfs": PEAK_CEILING_DB},
@@ -385,7 +367,7 @@ def build_study(
         "report": report.lines(),
         "clips": clips,
     }
-    write_json(out / MANIFEST, manifest)
+    write_json_atomically(out / MANIFEST, manifest)
     write_gorilla_csv(out / GORILLA_CSV, [c["file"] for c in clips])
     if final.exists():
         final.rmdir()  # empty (checked above)
@@ -398,13 +380,6 @@ def count_tries(pieces: Sequence[Piece]) -> dict[int, int]:
     for piece in pieces:
         counts[piece.tries] = counts.get(piece.tries, 0) + 1
     return counts
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write through a temporary file and rename, so that an interrupted build never leaves half a manifest."""
-    partial = path.with_suffix(path.suffix + ".partial")
-    partial.write_text(json.dumps(payload, indent=1, default=float, allow_nan=True))
-    partial.replace(path)
 
 
 def write_gorilla_csv(path: Path, files: Sequence[str]) -> None:

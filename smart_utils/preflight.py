@@ -19,11 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from clap_rewards import clap_model_ids
-from pam_prompts import PAM_AVERAGE
-from processors import AUDIOBOX_HUB_ID, REWARD_PROCESSORS, PamRewardProcessor, RewardSettings, reward_class
-from prompts import PROMPT_SOURCES
-from soundfonts import SoundfontNotFound, resolve_soundfont
+from smart_utils.model_paths import is_hub_id
+from smart_utils.pam_prompts import PAM_AVERAGE
+from smart_utils.prompts import PROMPT_SOURCES
+from smart_utils.soundfont_sources import SoundfontNotFound, resolve_soundfont
 
 OFFLINE_HINT = (
     "Without a network, run the offline preset: python smart.py config/local.py "
@@ -51,7 +50,7 @@ def _model_problem(path: str) -> str | None:
         if missing:
             return f"BASE_MODEL_PATH={path!r} is a folder without {', '.join(missing)}; give a model directory"
         return None
-    if path.startswith((".", "/", "~")) or path.count("/") != 1:
+    if not is_hub_id(path):
         return f"BASE_MODEL_PATH={path!r} is neither an existing local directory nor a hub id 'owner/name'"
     problem = hub_problem(path, "config.json")
     return f"BASE_MODEL_PATH={path!r}: {problem}. {OFFLINE_HINT}" if problem else None
@@ -64,18 +63,20 @@ def _positive(config: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
 PAIR_KEYS = ("negative", "positive", "shorthand")  # a PAM_PROMPTS entry's keys
 
 
-def _pam_name_problems(pairs: list[dict[str, str]]) -> list[str]:
-    """A PAM shorthand names its reward, so it must be unique and not the name of another reward."""
+def _pam_problems(pairs: Any) -> list[str]:
+    """PAM_PROMPTS must be a list of {shorthand, positive, negative}; a shorthand names a reward, so once only."""
+    if not (isinstance(pairs, list) and all(isinstance(p, dict) and sorted(p) == list(PAIR_KEYS) for p in pairs)):
+        return [f"PAM_PROMPTS={pairs!r} must be a list of dicts with exactly the keys {list(PAIR_KEYS)}"]
     names = [p["shorthand"] for p in pairs]
-    taken = sorted({n for n in names if n == PAM_AVERAGE or REWARD_PROCESSORS.get(n, PamRewardProcessor)
-                    is not PamRewardProcessor})
+    taken = sorted({n for n in names if n == PAM_AVERAGE})
     repeated = sorted({n for n in names if names.count(n) > 1})
     return [f"PAM_PROMPTS: shorthand {n!r} is {why}; rename it" for why, found in
-            (("another reward's name", taken), ("used twice", repeated)) for n in found]
+            (("the name of their mean", taken), ("used twice", repeated)) for n in found]
 
 
 def check_config(config: dict[str, Any], world_size: int = 1) -> list[str]:
-    """Every problem with a resolved smart.py config, as messages a user can act on; empty when runnable."""
+    """Every problem with a resolved smart.py config, as messages a user can act on; empty when runnable. The
+    rewards' own problems (unknown names, missing weights) are processors.reward_problems'."""
     problems = _positive(
         config,
         ("NUM_TRAIN_STEPS", "BATCH_SIZE", "NUM_GENERATIONS", "LEARNING_RATE", "MAX_COMPLETION_LENGTH",
@@ -100,24 +101,7 @@ def check_config(config: dict[str, Any], world_size: int = 1) -> list[str]:
             f"{config['NUM_GENERATIONS'] * max(1, config['BATCH_SIZE'] // max(1, config['NUM_GENERATIONS']))}"
         )
 
-    weights = config["REWARD_WEIGHTS"]
-    pairs = config.get("PAM_PROMPTS", [])
-    if isinstance(pairs, list) and all(isinstance(p, dict) and sorted(p) == list(PAIR_KEYS) for p in pairs):
-        problems += _pam_name_problems(pairs)
-        settings = RewardSettings.from_config(config)
-    else:  # the run's pairs cannot be read: the reward names are checked against the default pairs
-        problems.append(f"PAM_PROMPTS={pairs!r} must be a list of dicts with exactly the keys {list(PAIR_KEYS)}")
-        settings = RewardSettings.from_config({k: v for k, v in config.items() if k != "PAM_PROMPTS"})
-    unknown = sorted(name for name in weights if reward_class(name, settings) is None)
-    if unknown:
-        problems.append(
-            f"REWARD_WEIGHTS has {unknown}, which no processor produces; known rewards: {sorted(REWARD_PROCESSORS)} "
-            "and the shorthands of PAM_PROMPTS (add a Processor and register it in processors.REWARD_PROCESSORS)"
-        )
-    if any(reward_class(name, settings) is PamRewardProcessor for name in weights) and not settings.pam_prompts:
-        problems.append("PAM_PROMPTS is empty, so the PAM rewards have no prompt pair to score with")
-    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-        problems.append(f"REWARD_WEIGHTS={weights!r}: weights must be >= 0 and sum to more than 0")
+    problems += _pam_problems(config.get("PAM_PROMPTS", []))
 
     if config["PROMPT_SOURCE"] not in PROMPT_SOURCES:
         problems.append(f"PROMPT_SOURCE={config['PROMPT_SOURCE']!r} is not one of {PROMPT_SOURCES}")
@@ -130,24 +114,6 @@ def check_config(config: dict[str, Any], world_size: int = 1) -> list[str]:
         resolve_soundfont(config["SOUNDFONT"])
     except SoundfontNotFound as error:
         problems.append(f"SOUNDFONT: {error}")
-
-    uses_audiobox = any(REWARD_PROCESSORS.get(name) is REWARD_PROCESSORS["CE"] for name in weights)
-    checkpoint = config["AUDIOBOX_CHECKPOINT"]
-    if uses_audiobox and checkpoint is not None and not Path(checkpoint).is_file():
-        problems.append(f"AUDIOBOX_CHECKPOINT={checkpoint!r} does not exist; give a checkpoint.pt path or None (hub)")
-    elif uses_audiobox and checkpoint is None:
-        problem = hub_problem(AUDIOBOX_HUB_ID, "model.safetensors")
-        if problem:
-            problems.append(
-                f"AUDIOBOX_CHECKPOINT=None (the hub checkpoint): {problem}. Give a local checkpoint.pt, or "
-                f"use weight-free rewards. {OFFLINE_HINT}"
-            )
-
-    for model in sorted(clap_model_ids({reward_class(name, settings) for name in weights}, settings)):
-        problem = None if Path(model).is_dir() else hub_problem(model, "config.json")
-        if problem:
-            problems.append(f"CLAP model {model!r} (CLAP_MODEL, CLAP_CLF_MODEL, PAM_MODEL): {problem}. Give a local "
-                            f"folder saved by ClapModel and ClapProcessor.save_pretrained. {OFFLINE_HINT}")
 
     model_problem = _model_problem(config["BASE_MODEL_PATH"])
     if model_problem:

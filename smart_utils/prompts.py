@@ -26,10 +26,10 @@ from pathlib import Path
 import miditok
 import symusic
 
-from midi_tokenizer import is_multitrack
+from smart_utils.files import list_midi_files
+from smart_utils.tokenizer import is_multitrack
 
 PROMPT_SOURCES = ("procedural", "procedural-no-starting-note", "no prompt", "dataset")
-MIDI_SUFFIXES = (".mid", ".midi")
 MAX_PROMPT_PROGRAMS = 4  # instruments a procedural multi-track prompt asks for, at most
 
 
@@ -92,11 +92,6 @@ def dataset_prompts(remi: miditok.MusicTokenizer, files: list[Path], n: int, rng
         print(f"[prompts] only {len(chosen)} pieces give a prompt for {n} prompts: each piece's prompt is used "
               f"{n // len(chosen)}-{-(-n // len(chosen))} times")
     return [chosen[i % len(chosen)] for i in range(n)]
-
-
-def list_midi_files(folder: str | Path) -> list[Path]:
-    """Every MIDI file below a folder, sorted so that a seed always picks the same pieces."""
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in MIDI_SUFFIXES)
 
 
 def build_prompts(

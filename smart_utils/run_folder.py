@@ -2,8 +2,8 @@
 
 A run folder holds ``smart_config.json`` (the resolved constants, ``save_config``), ``checkpoint-<step>/`` (the
 Trainer's), and one folder per reward step under ``rl_logs/``, ``midi/`` and ``audio/``. ``python smart.py
---RESUME=<run>`` reads the constants back (``resumed_config``), picks the newest checkpoint the Trainer finished
-writing (``last_complete_checkpoint``) and moves aside what the resumed run will redo (``archive_after_resume``).
+--RESUME=<run>`` reads the constants back (``configurator.resumed_config``), picks the newest checkpoint the
+Trainer finished writing (``last_complete_checkpoint``) and moves aside what the resumed run will redo (``archive_after_resume``).
 
 Only the standard library is imported here: smart.py reads a resumed run's constants before its config is checked,
 which is before torch, transformers and TRL load.
@@ -17,24 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from configurator import ConfigError, apply_values
-
 RUN_CONFIG_FILE = "smart_config.json"  # the resolved constants (config.json is the model's); not a setting
 LEGACY_CONFIG_FILE = "config.json"  # where the earliest runs saved them, beside nothing else of that name
 RUNS_DIR = Path("artefacts/runs")  # where a run without OUTPUT_DIR gets its own new folder
 STEP_FOLDERS = ("rl_logs", "midi", "audio")  # RewardManager's per-step output, one <step>/ folder each
-
-
-def resumed_config(namespace: dict[str, Any], argv: list[str], run_dir: str) -> dict[str, Any]:
-    """Apply the constants a run was started with (its smart_config.json) to ``namespace``, to continue it."""
-    if len(argv) > 1 or not argv[0].startswith("--RESUME="):
-        raise ConfigError("--RESUME continues a run with its saved config; give no other arguments")
-    saved = Path(run_dir) / RUN_CONFIG_FILE
-    if not saved.is_file():
-        raise ConfigError(f"RESUME={run_dir!r} has no {RUN_CONFIG_FILE}; give a run directory made by smart.py")
-    values = {k: v for k, v in json.loads(saved.read_text())["config"].items() if k != "RESUME"}
-    apply_values(namespace, {**values, "OUTPUT_DIR": run_dir}, str(saved))
-    return {**values, "RESUME": run_dir, "OUTPUT_DIR": run_dir}
+CONFIG_FILES_DIR = "config_files"  # copies of the config files a run was started with, re-run when it resumes
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any] | None:
@@ -47,9 +34,26 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any] | None:
     return None
 
 
-def save_config(run_dir: Path, config: dict[str, Any]) -> None:
-    """Write the resolved constants where ``resumed_config`` reads them back."""
-    (run_dir / RUN_CONFIG_FILE).write_text(json.dumps({"config": config}, indent=2))
+def save_config(run_dir: Path, config: dict[str, Any], config_files: list[str] | None = None) -> None:
+    """Write the resolved constants, and a copy of each config file the run was started with, where
+    ``configurator.resumed_config`` reads them back. The copies matter for a config file that defines a reward
+    processor: a resumed run must define that class again before it can build its chain."""
+    copies = []
+    for index, path in enumerate(config_files or []):
+        copy = Path(CONFIG_FILES_DIR) / f"{index:02d}-{Path(path).name}"
+        (run_dir / copy).parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, run_dir / copy)
+        copies.append(str(copy))
+    (run_dir / RUN_CONFIG_FILE).write_text(json.dumps({"config": config, "config_files": copies}, indent=2))
+
+
+def saved_config_files(run_dir: str | Path) -> list[Path]:
+    """The copies of the config files a run was started with, in the order they were applied."""
+    try:
+        names = json.loads((Path(run_dir) / RUN_CONFIG_FILE).read_text()).get("config_files", [])
+    except (OSError, json.JSONDecodeError):
+        return []
+    return [Path(run_dir) / name for name in names]
 
 
 def new_run_dir(config: dict[str, Any]) -> Path:

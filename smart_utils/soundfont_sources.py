@@ -21,8 +21,6 @@ its hash raises ``SoundfontDownloadError`` and leaves no partial file behind.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import importlib.util
 import os
 import socket
@@ -35,7 +33,9 @@ from pathlib import Path
 from symusic import BuiltInSF3
 from symusic.soundfont import Soundfont
 
-PROJECT_SOUNDFONTS = Path(__file__).resolve().parent / "soundfonts"
+from smart_utils.files import file_digest
+
+PROJECT_SOUNDFONTS = Path(__file__).resolve().parent.parent / "soundfonts"
 SYSTEM_SOUNDFONT_DIRS = (Path("/usr/share/sounds/sf2"), Path("/usr/share/sounds/sf3"), Path("/usr/share/soundfonts"))
 ORIGINAL_NAME = "musescore"  # the name that means the original's exact file
 ORIGINAL_SOUNDFONT: Soundfont = BuiltInSF3.MuseScoreGeneral()  # name, url and SHA-384 of the original's file
@@ -91,21 +91,6 @@ class SoundfontNotFound(FileNotFoundError):
 
 class SoundfontDownloadError(SoundfontNotFound):
     """The original's soundfont could not be downloaded or failed its hash check; nothing was kept."""
-
-
-@functools.lru_cache(maxsize=32)
-def _digest(path: str, algorithm: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a file, read in 1 MB blocks; cached while the file's size and mtime stay the same."""
-    stat = os.stat(path)
-    return _digest(str(path), algorithm, stat.st_size, stat.st_mtime_ns)
 
 
 def is_original(path: str | Path) -> bool:

@@ -40,9 +40,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from listen_server import DATABASE, ResponseStore
-from listen_stimuli import load_manifest
-from report import fmt, holm, markdown_table
+from listening.server import DATABASE, ResponseStore
+from listening.stimuli import load_manifest
+from smart_utils.report import fmt, holm, markdown_table
 
 ANALYSIS_DIR = "analysis"
 EXACT_MAX_PARTICIPANTS = 16  # 2^16 sign patterns are enumerated in well under a second

@@ -9,7 +9,7 @@ smart.py prints this record when training starts and saves it as ``<run>/run_rec
 - device, the policy's weight dtype and the mixed precision used;
 - the versions of python and every library that changes results.
 
-The constants themselves are in ``smart_config.json`` beside it. ``python run_record.py RUN_A RUN_B`` prints
+The constants themselves are in ``smart_config.json`` beside it. ``python compare_runs.py RUN_A RUN_B`` prints
 every field in which two runs differ.
 """
 
@@ -17,24 +17,22 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from run_folder import read_run_config
-from soundfonts import file_digest, is_original
+from smart_utils.files import file_digest
+from smart_utils.model_paths import weights_file
+from smart_utils.run_folder import read_run_config
+from smart_utils.soundfont_sources import is_original
 
 RECORD_FILE = "run_record.json"
 PACKAGES = (
     "torch", "transformers", "trl", "accelerate", "miditok", "symusic", "tinysoundfont", "audiobox_aesthetics",
     "numpy", "datasets",
 )
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
-
-
 def package_versions() -> dict[str, str | None]:
     """Installed version of each result-relevant package (None when not installed), and python's."""
     versions: dict[str, str | None] = {"python": platform.python_version()}
@@ -57,10 +55,6 @@ def hub_commit(repo_id: str, file_name: str) -> str | None:
     return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
 
 
-def weights_file(folder: Path) -> Path | None:
-    return next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
-
-
 def model_source(path_or_id: str) -> dict[str, Any]:
     """A model as it was loaded: a local folder (with its weights' SHA-256) or a hub id at a commit."""
     folder = Path(path_or_id)
@@ -71,10 +65,12 @@ def model_source(path_or_id: str) -> dict[str, Any]:
     return {"source": "hub", "id": path_or_id, "commit": hub_commit(path_or_id, "config.json")}
 
 
-def audiobox_source(checkpoint: str | None, hub_id: str) -> dict[str, Any]:
+def audiobox_source(checkpoint_or_hub_id: str) -> dict[str, Any]:
     """The Audiobox checkpoint: a local file with its SHA-256, or the hub repo at the commit in the cache."""
-    if checkpoint is not None:
-        return {"source": "local", "path": str(Path(checkpoint).resolve()), "sha256": file_digest(checkpoint)}
+    if Path(checkpoint_or_hub_id).is_file():
+        path = checkpoint_or_hub_id
+        return {"source": "local", "path": str(Path(path).resolve()), "sha256": file_digest(path)}
+    hub_id = checkpoint_or_hub_id
     return {"source": "hub", "id": hub_id, "commit": hub_commit(hub_id, "model.safetensors")}
 
 
@@ -102,15 +98,16 @@ def device_info(device: Any) -> dict[str, Any]:
 
 
 def build_record(
-    *, soundfont_path: str, base_model: str, audiobox_checkpoint: str | None, uses_audiobox: bool,
-    audiobox_hub_id: str, device: Any, policy_dtype: Any, reference_dtype: Any, mixed_precision: str,
-    num_processes: int, clap_models: Iterable[str] = (),
+    *, soundfont_path: str, base_model: str, models: Mapping[str, str], device: Any, policy_dtype: Any,
+    reference_dtype: Any, mixed_precision: str, num_processes: int,
 ) -> dict[str, Any]:
-    """Everything a run used that its constants alone do not pin down (dtypes as torch dtypes or names)."""
+    """Everything a run used that its constants alone do not pin down (dtypes as torch dtypes or names).
+    ``models`` is what the rewards load, by kind (processors.weight_models)."""
+    clap_models = {model for kind, model in models.items() if kind.startswith("clap")}
     return {
         "soundfont": soundfont_source(soundfont_path),
         "base_model": model_source(base_model),
-        "audiobox": audiobox_source(audiobox_checkpoint, audiobox_hub_id) if uses_audiobox else None,
+        "audiobox": audiobox_source(models["audiobox"]) if "audiobox" in models else None,
         "clap_models": [model_source(model) for model in sorted(clap_models)],
         "compute": {**device_info(device), "policy_dtype": dtype_name(policy_dtype),
                     "reference_dtype": dtype_name(reference_dtype), "mixed_precision": mixed_precision,
@@ -175,23 +172,3 @@ def differences(run_a: Path, run_b: Path) -> list[tuple[str, Any, Any]]:
         flat.append(flatten(record))
     keys = sorted(set(flat[0]) | set(flat[1]))
     return [(key, flat[0].get(key), flat[1].get(key)) for key in keys if flat[0].get(key) != flat[1].get(key)]
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python run_record.py RUN_A RUN_B   (prints what differs between two runs)", file=sys.stderr)
-        return 2
-    missing = [run for run in argv if not (Path(run) / RECORD_FILE).is_file()]
-    if missing:
-        print(f"no {RECORD_FILE} in {', '.join(missing)} (runs before this record existed have none)", file=sys.stderr)
-        return 2
-    rows = differences(Path(argv[0]), Path(argv[1]))
-    for key, a, b in rows:
-        print(f"{key}: {a!r} -> {b!r}")
-    if not rows:
-        print("the two runs used the same files, versions, device and constants")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from transformers.trainer_utils import get_last_checkpoint
+
+from smart_utils.run_folder import last_complete_checkpoint
 
 
 def read_run_logs(run_dir: Path) -> pd.DataFrame | None:
@@ -26,7 +27,7 @@ def read_run_logs(run_dir: Path) -> pd.DataFrame | None:
 
 def read_trainer_log(run_dir: Path) -> pd.DataFrame | None:
     """The trainer's log history (loss, kl, reward per optimizer step) from the latest checkpoint."""
-    last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    last, _ = last_complete_checkpoint(run_dir) if run_dir.is_dir() else (None, [])
     state = Path(last or run_dir) / "trainer_state.json"
     if not state.is_file():
         return None

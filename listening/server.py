@@ -38,7 +38,7 @@ import waitress
 from flask import Flask, Response, abort, make_response, redirect, render_template, request, send_file, url_for
 from waitress.server import create_server
 
-from listen_stimuli import load_manifest
+from listening.stimuli import load_manifest
 
 DATABASE = "responses.sqlite"
 TOKEN_FILE = "admin_token"
@@ -47,7 +47,7 @@ MAX_BODY_BYTES = 4096  # an answer is ~60 bytes of form data
 QUESTION = "How much do you enjoy this piece?"  # Audiobox's Content Enjoyment question, on its 1-10 scale
 SCALE = range(1, 11)
 PARTICIPANT_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
-WEB = Path(__file__).resolve().parent / "listen_web"
+WEB = Path(__file__).resolve().parent / "web"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS participants (

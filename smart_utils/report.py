@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import symusic
 
-import features
-from features import AES_AXES
+from smart_utils import features
+from smart_utils.features import AES_AXES
 
 ID_COLUMNS = ("system", "sample", "prompt", "midi_path", "audio_file")
 AES_TITLES = {

@@ -102,13 +102,16 @@ def exact_fp32() -> Iterator[None]:
         conv.fp32_precision, matmul.fp32_precision = saved
 
 
-def compute_device() -> torch.device:
-    """This process's device: its current GPU by index (the one PartialState selected for its rank), else Apple's
+def compute_device(requested: str | torch.device | None = None) -> torch.device:
+    """The one answer to "which device": ``requested`` when given (a name like "cpu" or "cuda:1"; "auto" and None
+    choose), else this process's current GPU by index (the one PartialState selected for its rank), else Apple's
     MPS, else the CPU (the order audiobox_aesthetics' predictor uses).
 
     ``torch.device("cuda")`` without an index means whichever GPU is current when a tensor is made, which is the
     rank's own only if something set it before; an index fixes it when the model is loaded.
     """
+    if requested is not None and requested != "auto":
+        return torch.device(requested)
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     if torch.backends.mps.is_available():

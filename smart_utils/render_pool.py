@@ -12,7 +12,7 @@ what is rendered, and how, is entirely the renderer's. ``RenderPool(settings, nu
   second queued job, so that a worker never waits for the parent; then each job to the next idle worker; the
   audio comes back through memory shared with the worker (no pipe, no pickle);
 - a job that fails comes back as an error message (never an exception), and a worker that dies is replaced;
-- the fork server is a plain ``python render_pool.py`` process started with ``subprocess`` (fork + exec, so
+- the fork server is a plain ``python -m smart_utils.render_pool`` process started with ``subprocess`` (fork + exec, so
   nothing is inherited from a parent that already runs torch threads or CUDA). Unlike ``multiprocessing``'s
   "spawn" or "forkserver" it does not re-import the parent's ``__main__``: for ``smart.py`` that would be 10 s
   and 1 GB of torch/TRL imports. It imports numpy and tinysoundfont only, and runs single-threaded, so forking
@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from renderer import RenderSettings, SoundfontRenderer
+from smart_utils.rendering import RenderSettings, SoundfontRenderer
 
 CLOSE_TIMEOUT_SECONDS = 5.0  # how long close() waits for a worker to exit before killing it
 CGROUP_ROOT = Path("/sys/fs/cgroup")  # where a container sees its own cgroup (its CPU quota)
@@ -121,9 +121,10 @@ def default_render_workers(batch_size: int | None = None, cgroup_root: Path = CG
 # --- the pool -------------------------------------------------------------------------------------------------
 # A fork server loads the soundfont once and forks every worker from itself, so all workers share its soundfont
 # memory copy-on-write: TinySoundFont decompresses an SF3 at load (MuseScore General: 0.5-1.8 GB per process),
-# and 16 workers loading their own copies would hold 16 of them. The server is a plain ``python render_pool.py
-# --fork-server FD SETTINGS`` process (fork + exec, single-threaded: it imports numpy and tinysoundfont only; the
-# RenderSettings come as JSON), and it never renders, so every worker starts from the same fresh synth.
+# and 16 workers loading their own copies would hold 16 of them. The server is a plain ``python -m
+# smart_utils.render_pool --fork-server FD SETTINGS`` process (fork + exec, single-threaded: it imports numpy and
+# tinysoundfont only; the RenderSettings come as JSON), and it never renders, so every worker starts from the same
+# fresh synth.
 #
 # Parent -> server (a Unix stream socket): one byte b"F" per worker wanted, carrying the worker's three file
 # descriptors (SCM_RIGHTS); closing the socket stops the server. Server -> parent: b"R" once the soundfont is
@@ -135,6 +136,13 @@ def default_render_workers(batch_size: int | None = None, cgroup_root: Path = CG
 
 PREFETCH = 2  # jobs queued per worker, so that it never waits for the parent between jobs
 SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # safe to fork
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # where ``python -m smart_utils.render_pool`` finds the package
+
+
+def fork_server_environment() -> dict[str, str]:
+    """The fork server's environment: single-threaded, and able to import this package from any working folder."""
+    path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, **SINGLE_THREADED, "PYTHONPATH": path}
 
 
 def _shared_memory(size: int) -> int:
@@ -165,9 +173,9 @@ class _ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "--fork-server", str(theirs.fileno()),
+                [sys.executable, "-m", __spec__.name, "--fork-server", str(theirs.fileno()),
                  json.dumps(dataclasses.asdict(self.settings))],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env={**os.environ, **SINGLE_THREADED},
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=fork_server_environment(),
             )
         except BaseException:
             ours.close()
@@ -461,5 +469,5 @@ def _fork_server_main(socket_fd: int, settings: RenderSettings) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["--fork-server"]:
-        sys.exit("render_pool.py is started by RenderPool: python render_pool.py --fork-server FD SETTINGS_JSON")
+        sys.exit("started by RenderPool: python -m smart_utils.render_pool --fork-server FD SETTINGS_JSON")
     _fork_server_main(int(sys.argv[2]), RenderSettings(**json.loads(sys.argv[3])))

@@ -10,8 +10,8 @@ output, both in [0, 1]:
   counts) against the decoded score's non-empty tracks (counted per program): sum of minima / sum of maxima.
 
 The original wrote both under the one name ``programs_iou``. Here ``programs_iou`` is the token-set IoU, and the
-track IoU is ``programs_iou_tracks`` (``TrackIoUReward``, a subclass that only renames it), so both can be weighted
-in one run. Differences from the original, each a slip there that made the reward silently missing (0 in the
+track IoU is ``programs_iou_tracks`` (``TrackIoURewardProcessor``, a subclass that only renames it), so both can
+be weighted in one run. Differences from the original, each a slip there that made the reward silently missing (0 in the
 weighted sum) or wrong on the miditok tokenizers this project runs:
 
 - no ``Bar_None``, or no Program token on either side: the original raised (IndexError/ZeroDivisionError), caught
@@ -30,8 +30,7 @@ from collections.abc import Iterable
 import miditok
 import symusic
 
-from midi_tokenizer import is_multitrack
-from processor_base import Processor, Record, add_error
+from smart_utils.tokenizer import is_multitrack
 
 BAR = "Bar_None"
 TRACK = "Track_None"  # the original's own tokenizer's track separator
@@ -59,65 +58,6 @@ def iou(counts_a: Counter[str], counts_b: Counter[str]) -> float:
     """Frequency-weighted intersection over union: sum of per-key minima / sum of maxima (sets: counts of 1)."""
     union = sum((counts_a | counts_b).values())
     return sum((counts_a & counts_b).values()) / union
-
-
-class ProgramPromptAdherenceRewardProcessor(Processor):
-    """Reward ``programs_iou``: |head ∩ body| / |head ∪ body| over the Program token sets before and after the
-    first ``Bar_None``. Needs ``prompt_and_completion_tokens`` (the decoder writes them)."""
-
-    def __call__(self, records: list[Record]) -> list[Record]:
-        for record in records:
-            tokens = record["prompt_and_completion_tokens"]
-            value = 0.0
-            if BAR not in tokens:
-                add_error(record, f"programs_iou: no {BAR} token to split the prompt's programs from the body's")
-            else:
-                split = tokens.index(BAR)
-                head, body = set(programs(tokens[:split])), set(programs(tokens[split + 1 :]))
-                record["head_programs"], record["body_programs"] = sorted(head), sorted(body)
-                if head | body:
-                    value = iou(Counter(head), Counter(body))
-                else:
-                    add_error(record, "programs_iou: no Program token before or after the first bar")
-            record["intersection_over_union_programs"] = value
-            record["normalized_rewards"]["programs_iou"] = value
-        return records
-
-
-class TrackPromptAdherenceRewardProcessor(Processor):
-    """Frequency-weighted IoU of the head's Program tokens (with counts) and the decoded score's non-empty tracks
-    (counted per program), written as ``reward_name``; also the plain set IoU of the two, logged for comparison.
-
-    The head ends at the first ``Track_None`` when there is one (the original's tokenizer), else at the first
-    ``Bar_None`` (miditok REMI). Needs ``prompt_and_completion_tokens`` and ``sm`` (the decoder writes them).
-    """
-
-    reward_name = "programs_iou"  # the original's name; TrackIoUReward writes programs_iou_tracks
-
-    def __call__(self, records: list[Record]) -> list[Record]:
-        for record in records:
-            tokens = record["prompt_and_completion_tokens"]
-            end = TRACK if TRACK in tokens else BAR
-            if end not in tokens:
-                add_error(record, f"{self.reward_name}: no {BAR} or {TRACK} token to end the prompt's programs")
-            prompt = Counter(programs(tokens[: tokens.index(end)])) if end in tokens else Counter()
-            output = Counter(track_program(track) for track in record["sm"].tracks if track.note_num() > 0)
-            record["head_tracks"], record["body_tracks"] = sorted(prompt), sorted(output)
-            if prompt or output:
-                record["freq_weighted_iou_tracks"] = iou(prompt, output)
-                record["set_iou_tracks"] = iou(Counter(set(prompt)), Counter(set(output)))
-            else:
-                add_error(record, f"{self.reward_name}: no prompt programs and no non-empty tracks")
-                record["freq_weighted_iou_tracks"] = record["set_iou_tracks"] = 0.0
-            record["normalized_rewards"][self.reward_name] = record["freq_weighted_iou_tracks"]
-        return records
-
-
-class TrackIoUReward(TrackPromptAdherenceRewardProcessor):
-    """``TrackPromptAdherenceRewardProcessor`` writing ``programs_iou_tracks``, so that it can be chosen (or weighted
-    beside the token-set ``programs_iou``) from REWARD_WEIGHTS."""
-
-    reward_name = "programs_iou_tracks"
 
 
 PROGRAM_REWARDS = ("programs_iou", "programs_iou_tracks")
