@@ -3,14 +3,18 @@
     python listen.py build base=models/piano-tiny tuned=artefacts/runs/<run> --prompts 15 --out study/
     python listen.py serve study/                 # http://127.0.0.1:8000, admin token printed
     python listen.py analyse study/               # study/analysis/summary.md, ratings.csv, ratings.png
+    python listen.py fit study/ --out artefacts/listeners   # a reward fitted on the ratings (LISTENERS_MODEL)
 
-build (listen_stimuli.py): every system ([NAME=]PATH: a model, checkpoint, SMART run or MIDI folder, as in
+build (listening/stimuli.py): every system ([NAME=]PATH: a model, checkpoint, SMART run or MIDI folder, as in
 evaluation.py) answers the same prompts with the same seeds, re-sampled until a piece has no empty beat and lasts 8 s
 (bounded, reported), rendered for 10 s at 48 kHz, loudness-matched, saved under random names with a manifest.
-serve (listen_server.py): consent, then every clip in a per-participant random order, rated 1-10 ("How much do
+serve (listening/server.py): consent, then every clip in a per-participant random order, rated 1-10 ("How much do
 you enjoy this piece?") once it has played to the end; answers go to study/responses.sqlite one transaction each.
-analyse (listen_analysis.py): per-system means, tuned - base with sign-flip tests over participants and over
+analyse (listening/analysis.py): per-system means, tuned - base with sign-flip tests over participants and over
 prompts, consistency on repeated clips, Spearman agreement with Audiobox and the rewards, a figure and summary.md.
+fit (listening/fit.py): a ridge model from each clip's features to its rating (participants' offsets removed,
+cross-validated over prompts), saved as JSON when it beats predicting the mean; smart.py tunes toward it with
+REWARD_WEIGHTS={"listeners": 1.0} and LISTENERS_MODEL=<its folder>.
 """
 
 from __future__ import annotations
@@ -49,6 +53,25 @@ def analyse_command(args: argparse.Namespace) -> None:
     analyse(args.study, reference=args.reference, permutations=args.permutations)
 
 
+def fit_command(args: argparse.Namespace) -> None:
+    from listening.fit import FitError, fit_study, save_model, strongest_features, study_features
+
+    try:
+        result = fit_study(args.study, study_features(args.study, args.features), seed=args.seed,
+                           permutations=args.permutations)
+    except FitError as error:
+        sys.exit(f"listen.py fit: {error}")
+    print(result.report)
+    if not result.reliable and not args.keep_unreliable:
+        sys.exit("listen.py fit: no model written: it predicts the ratings no better than their mean ("
+                 + "; ".join(result.reasons) + "). Collect more ratings, or pass --keep-unreliable to save it "
+                 "marked unreliable (smart.py refuses such a model)")
+    out = save_model(result.model, args.out)
+    signs = ", ".join(f"{name} {coefficient:+.3f}" for name, coefficient in strongest_features(result.model, 5))
+    print(f"[listen] reward model in {out} (strongest features: {signs}); tune toward it with\n"
+          f"  python smart.py config/local.py --LISTENERS_MODEL={out} --REWARD_WEIGHTS=\"{{'listeners': 1.0}}\"")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     analyse.add_argument("--permutations", type=int, default=20_000,
                          help="random sign flips when there are too many participants to enumerate them all")
     analyse.set_defaults(func=analyse_command)
+
+    fit = commands.add_parser("fit", help="fit a reward model on the collected ratings")
+    fit.add_argument("study", help="a study folder with manifest.json and responses.sqlite")
+    fit.add_argument("--out", required=True, help="folder for reward_model.json and report.md")
+    fit.add_argument("--features", nargs="+", default=["midi", "rewards", "audiobox"],
+                     help="feature groups: midi (the paper's MIDI features), rewards (the weight-free rewards), "
+                          "audiobox (the axes, where the study was built with --audiobox); default all")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the prompt folds and the permutation test")
+    fit.add_argument("--permutations", type=int, default=999, help="shuffles in the reliability test")
+    fit.add_argument("--keep-unreliable", action="store_true",
+                     help="save a model that does not beat the baseline, marked unreliable")
+    fit.set_defaults(func=fit_command)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 ``python pretrain.py config/pretrain_tiny.py --DATA_DIR=/data/maestro --MAX_STEPS=20000``
 
-The recipe follows the paper's pretraining script (paper.md §1.2): every file becomes one piano track (non-drum
+The recipe follows the paper's pretraining script (docs/paper.md): every file becomes one piano track (non-drum
 tracks merged, drums dropped), tokenized with the project's REMI; the split into train and validation is by
 piece; batches are random crops of at most ``CROP_TOKENS`` tokens of ``BOS + piece + EOS``; AdamW with weight
 decay 0.01, cosine schedule with warmup down to a minimum lr; the best-validation checkpoint is kept and training

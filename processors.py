@@ -799,6 +799,91 @@ class TrackIoURewardProcessor(TrackPromptAdherenceRewardProcessor):
     reward_name = "programs_iou_tracks"
 
 
+class ListenersRewardProcessor(Processor):
+    """Reward ``listeners``: the rating a model fitted on a listening study predicts for the clip (listen.py fit),
+    mapped to [0, 1] by the study's 1-10 scale. ``listeners_model`` is the folder it was saved in.
+
+    The features it needs are computed as the fit computed them (listening.fit.clip_features): the paper's MIDI
+    features of the decoded score, the weight-free rewards of the clip, and Audiobox's axes when the model uses
+    them (scored with the run's AUDIOBOX_CHECKPOINT). A model that needs features this run cannot compute, or one
+    marked unreliable, stops the run at its start (``problems``), never in the middle.
+    """
+
+    REWARDS = ("listeners",)
+
+    def __init__(self, listeners_model: str | None, max_audio_duration: float, audiobox_checkpoint: str | None = None,
+                 device: torch.device | None = None):
+        from listening.fit import load_model
+
+        if listeners_model is None:
+            raise ValueError("LISTENERS_MODEL is None: fit a model with python listen.py fit STUDY --out DIR")
+        self.model = load_model(listeners_model)
+        needed = set(self.model.required_features)
+        rewards = [ScaleConsistencyReward(), NoteDensityRewardProcessor(), FilledBeatsRewardProcessor(),
+                   AudioActivityRewardProcessor(max_audio_duration)]
+        self.rewards = [r for r in rewards if {f"reward_{name}" for name in r.REWARDS} & needed]
+        self.audiobox = AudioboxScorer(audiobox_checkpoint, None, device) if needed & set(AES_AXES) else None
+
+    @classmethod
+    def models(cls, constants: Mapping[str, Any]) -> dict[str, str]:
+        needs_audiobox = set(AES_AXES) & set(cls.needed_features(constants))
+        return AudioBoxAesRewardProcessor.models(constants) if needs_audiobox else {}
+
+    @staticmethod
+    def needed_features(constants: Mapping[str, Any]) -> tuple[str, ...]:
+        """The features of the run's model (empty when it cannot be read; ``problems`` says why)."""
+        from listening.fit import FitError, load_model
+
+        try:
+            return load_model(constants["LISTENERS_MODEL"]).required_features
+        except (FitError, KeyError, TypeError):
+            return ()
+
+    @classmethod
+    def problems(cls, constants: Mapping[str, Any]) -> list[str]:
+        from listening.fit import FitError, load_model
+
+        folder = constants.get("LISTENERS_MODEL")
+        if folder is None:
+            return ["LISTENERS_MODEL is None: fit a reward model with python listen.py fit STUDY --out DIR and "
+                    "give its folder"]
+        try:
+            model = load_model(folder)
+        except FitError as error:
+            return [f"LISTENERS_MODEL={folder!r}: {error}"]
+        if not model.reliable:
+            return [f"LISTENERS_MODEL={folder!r} is marked unreliable ({'; '.join(model.reasons)}): it predicts the "
+                    "ratings no better than their mean, so tuning toward it would be noise; collect more ratings"]
+        computable = set(features.FEATURES) | set(features.EXTRA_FEATURES) | set(AES_AXES) | {
+            f"reward_{name}" for name in STANDALONE_REWARDS}
+        unknown = sorted(set(model.required_features) - computable)
+        problems = [f"LISTENERS_MODEL={folder!r} needs features this project cannot compute: {unknown}; refit it "
+                    "with this version (python listen.py fit)"] if unknown else []
+        audiobox = sorted(set(model.required_features) & set(AES_AXES))
+        if audiobox and AudioBoxAesRewardProcessor.problems(constants):
+            problems.append(f"LISTENERS_MODEL={folder!r} needs the Audiobox features {audiobox}, which this run "
+                            f"cannot compute: {AudioBoxAesRewardProcessor.problems(constants)[0]} Refit it without "
+                            "them (python listen.py fit STUDY --features midi rewards)")
+        return problems
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        from listening.fit import clip_features, normalised, predict
+
+        probes = [{**record, "normalized_rewards": {}} for record in records]  # the inputs are not the run's rewards
+        for reward in self.rewards:
+            probes = reward(probes)
+        aes = (self.audiobox.scores([r["audio"] for r in records], [int(r["sample_rate"]) for r in records])
+               if self.audiobox is not None else None)
+        for k, (record, probe) in enumerate(zip(records, probes)):
+            scores = {f"reward_{name}": value for name, value in probe["normalized_rewards"].items()}
+            if aes is not None:
+                scores.update(zip(AES_AXES, aes[k].tolist()))
+            rating = predict(self.model, clip_features(record["sm"], scores))
+            record["listeners_rating"] = rating
+            record["normalized_rewards"]["listeners"] = normalised(self.model, rating)
+        return records
+
+
 # The rewards that need no model weights and score each clip on its own (no multi-track prompt, no GRPO group):
 # what a tool that scores single pieces can always compute (the listening study's manifest, the reward audit).
 STANDALONE_REWARDS = ("scale_consistency", "note_density", "filled_beats", "audio_activity")

@@ -30,8 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from smart_utils.files import write_wav
 from processors import Processor
+from smart_utils.files import write_wav
 from smart_utils.records import Record, add_error, completion_record
 
 NOT_LOGGED = ("sm", "audio")  # too large for the parquet log; saved as MIDI and WAV instead

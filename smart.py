@@ -79,6 +79,7 @@ PAM_PROMPTS: list[dict[str, str]] = [dict(p) for p in pam_prompts.PROMPT_PAIRS] 
 PAM_TEMPERATURE = 0.25  # PAM: softmax temperature over each positive/negative pair
 PAM_MODEL = "laion/larger_clap_general"  # PAM: the CLAP model
 CLAP_BATCH_SIZE: int | None = None  # clips per CLAP forward (all three rewards); None = the whole batch at once
+LISTENERS_MODEL: str | None = None  # "listeners": a reward model fitted on a listening study (listen.py fit)
 # --- output ---------------------------------------------------------------------------------------------------
 OUTPUT_DIR: str | None = None  # run directory; None = a new, timestamped folder under artefacts/runs/
 SAVE_STEPS = 20  # checkpoint every this many steps

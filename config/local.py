@@ -14,5 +14,5 @@ LEARNING_RATE = 5e-4  # a 1M-parameter policy moves little at the paper's 1e-4
 SAVE_STEPS = 50
 AUDIO_SAVE_INTERVAL = 20
 EVAL_SAMPLES = 16
-CPU_THREADS = 1  # on small shared CPUs one torch thread generates ~10x faster than two oversubscribed ones
+CPU_THREADS = 1  # on a small CPU one torch thread generates ~10x faster than two oversubscribed ones
 RENDER_WORKERS = 1  # 16 short clips render in ~0.2 s in-process; worker processes would only compete for the core

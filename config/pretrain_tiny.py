@@ -20,4 +20,4 @@ MAX_MINUTES = 45.0
 EVAL_INTERVAL = 200
 EVAL_CROPS = 96
 PATIENCE = 3
-THREADS = 1  # the shared machine has about one core of real throughput; more threads only contend
+THREADS = 1  # the shipped model was trained with one thread; on a small CPU more threads only contend

@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from listening.server import DATABASE, ResponseStore
-from listening.stimuli import load_manifest
+from listening.server import ResponseStore
+from listening.study import DATABASE, load_manifest
 from smart_utils.report import fmt, holm, markdown_table
 
 ANALYSIS_DIR = "analysis"

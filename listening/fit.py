@@ -52,16 +52,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import symusic
 from scipy.stats import spearmanr
 
+from listening.study import DATABASE, MANIFEST
+from smart_utils import features
+from smart_utils.features import AES_AXES
+
 # The study folder's files and the names read from them (the study server's SQLite schema, the build's manifest).
-DATABASE = "responses.sqlite"
 ANSWERS_TABLE = "answers"
 PARTICIPANT_COLUMN = "participant_id"
 POSITION_COLUMN = "position"
 CLIP_COLUMN = "clip_id"
 RATING_COLUMN = "rating"
-MANIFEST = "manifest.json"
 MANIFEST_CLIPS = "clips"
 CLIP_ID_KEY = "id"
 CLIP_PROMPT_KEY = "prompt_index"
@@ -109,7 +112,7 @@ class ClipTarget:
     count: int
 
 
-def read_ratings(study_dir: str | Path) -> list[Rating]:
+def stored_ratings(study_dir: str | Path) -> list[Rating]:
     """Every stored answer (repeated clips included: a repeat is one more judgement of the clip)."""
     path = Path(study_dir) / DATABASE
     if not path.is_file():
@@ -485,7 +488,7 @@ def fit_study(study_dir: str | Path, features_by_clip: Mapping[str, Mapping[str,
               permutations: int = PERMUTATIONS) -> FitResult:
     """Fit a reward on a study's ratings (responses.sqlite) and prompts (manifest.json); deterministic given
     ``seed`` (folds and shuffles). Raises FitError when there are too few ratings or prompts to judge a fit."""
-    return fit_ratings(read_ratings(study_dir), read_prompts(study_dir), features_by_clip, seed=seed,
+    return fit_ratings(stored_ratings(study_dir), read_prompts(study_dir), features_by_clip, seed=seed,
                        permutations=permutations)
 
 
@@ -581,7 +584,7 @@ def load_model(model_dir: str | Path) -> RewardModel:
     """Read and check a saved model; FitError says what is wrong and what to do."""
     path = Path(model_dir) / MODEL_FILE
     if not path.is_file():
-        raise FitError(f"{path} not found: fit a reward first (fit_study, then save_model into {model_dir})")
+        raise FitError(f"{path} not found: fit one first: python listen.py fit STUDY --out {model_dir}")
     try:
         payload = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as error:
@@ -589,8 +592,8 @@ def load_model(model_dir: str | Path) -> RewardModel:
     try:
         return model_from_payload(payload)
     except (TypeError, ValueError) as error:
-        raise FitError(f"{path} cannot be used: {error}. Refit the reward with this code (fit_study, then "
-                       f"save_model)") from error
+        raise FitError(f"{path} cannot be used: {error}. Refit it with this code: python listen.py fit "
+                       f"STUDY --out {model_dir}") from error
 
 
 def model_from_payload(payload: Any) -> RewardModel:
@@ -654,3 +657,40 @@ def finite_numbers(values: Any, key: str) -> tuple[float, ...]:
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"{key} holds a non-finite number")
     return tuple(float(v) for v in values)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Features: the same names at fit time (from the study's files) and at training time (from a record)
+
+FEATURE_GROUPS = ("midi", "rewards", "audiobox")  # what a fit may use; "audiobox" only where the study scored it
+
+
+def clip_features(score: symusic.Score, scores: Mapping[str, float], groups: Sequence[str] = FEATURE_GROUPS
+                  ) -> dict[str, float]:
+    """The features of one clip: the paper's MIDI features of its score (``midi``), the weight-free rewards
+    (``rewards``, named ``reward_<name>``) and Audiobox's four axes (``audiobox``) among its audio ``scores``, as
+    the study's manifest and evaluation.py name them."""
+    values: dict[str, float] = {}
+    if "midi" in groups:
+        values.update(features.compute_features(score))
+    if "rewards" in groups:
+        values.update({k: float(v) for k, v in scores.items() if k.startswith("reward_")})
+    if "audiobox" in groups:
+        values.update({k: float(v) for k, v in scores.items() if k in AES_AXES})
+    return values
+
+
+def study_features(study_dir: str | Path, groups: Sequence[str] = FEATURE_GROUPS) -> dict[str, dict[str, float]]:
+    """clip id -> ``clip_features`` for every clip of a built study (its MIDI file and its manifest scores)."""
+    unknown = sorted(set(groups) - set(FEATURE_GROUPS))
+    if unknown:
+        raise FitError(f"unknown feature groups {unknown}; choose from {list(FEATURE_GROUPS)}")
+    study = Path(study_dir)
+    manifest = study / MANIFEST
+    try:
+        clips = json.loads(manifest.read_text())[MANIFEST_CLIPS]
+    except (OSError, ValueError, KeyError) as error:
+        raise FitError(f"{manifest} cannot be read ({error!r}): build the study with python listen.py build") from error
+    return {str(clip[CLIP_ID_KEY]): clip_features(symusic.Score(str(study / clip["midi"])), clip.get("scores", {}),
+                                                  groups)
+            for clip in clips}

@@ -38,10 +38,8 @@ import waitress
 from flask import Flask, Response, abort, make_response, redirect, render_template, request, send_file, url_for
 from waitress.server import create_server
 
-from listening.stimuli import load_manifest
+from listening.study import DATABASE, TOKEN_FILE, load_manifest
 
-DATABASE = "responses.sqlite"
-TOKEN_FILE = "admin_token"
 COOKIE = "listen_participant"
 MAX_BODY_BYTES = 4096  # an answer is ~60 bytes of form data
 QUESTION = "How much do you enjoy this piece?"  # Audiobox's Content Enjoyment question, on its 1-10 scale

@@ -1,6 +1,6 @@
 """Stimuli for a blind listening study: the paper's clip rule, loudness matching, a manifest (listen.py build).
 
-The paper's stimuli (paper.md §2.4, the original's deleted ``sample_examples.py``): every system answers the same
+The paper's stimuli (docs/paper.md; the original's deleted ``sample_examples.py``): every system answers the same
 prompts; a piece is sampled with up to 512 tokens at temperature 1.0 and re-sampled until it has no empty beat and
 lasts at least 8 s; it is rendered for 10 s at 48 kHz. Here the re-sampling is bounded (``max_tries`` rounds, and a
 prompt that never passes falls back to its best try, reported), every round uses the same seed for every system,
@@ -19,7 +19,6 @@ The study folder::
 from __future__ import annotations
 
 import csv
-import json
 import math
 import random
 import secrets
@@ -36,6 +35,7 @@ import symusic
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
+from listening.study import GORILLA_CSV, MANIFEST, MIDI_DIR, STIMULI_DIR
 from processors import STANDALONE_REWARDS, MidiTokToSymusicProcessor, TinySoundfontSynthProcessor
 from smart_utils import features
 from smart_utils.devices import compute_device
@@ -50,10 +50,6 @@ from smart_utils.run_folder import read_run_config
 from smart_utils.soundfont_sources import SoundfontNotFound, resolve_soundfont
 from smart_utils.tokenizer import load_tokenizers
 
-MANIFEST = "manifest.json"
-STIMULI_DIR = "stimuli"
-MIDI_DIR = "midi"
-GORILLA_CSV = "gorilla_spreadsheet.csv"
 MIN_SECONDS = 8.0  # the paper's rule: a piece lasts at least 8 s ...
 MAX_EMPTY_BEAT_RATE = 0.0  # ... and has no empty beat
 PEAK_CEILING_DB = -1.0  # no clip is amplified above this sample peak (dBFS): a louder target is lowered for all
@@ -389,12 +385,3 @@ def write_gorilla_csv(path: Path, files: Sequence[str]) -> None:
         writer = csv.writer(handle)
         writer.writerow(["display", "Stimulus"])
         writer.writerows(["Trial", Path(file).name] for file in sorted(files, key=lambda f: Path(f).name))
-
-
-def load_manifest(study_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a built study, with clear advice when there is none."""
-    path = Path(study_dir) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: build the study first with "
-                                f"python listen.py build base=MODEL tuned=RUN --out {study_dir}")
-    return json.loads(path.read_text())

@@ -1,9 +1,9 @@
 """MIDI features of the SMART paper, reimplemented from muspy's definitions, plus diversity measures.
 
-The paper (paper.md §2.2) read each generated MIDI file with ``muspy.read_midi`` and called muspy's metrics. muspy
-is not a dependency here, so this module recomputes the same numbers from a ``symusic.Score``, following
-muspy 0.5's ``muspy/metrics/metrics.py`` where the paper used it (checked against muspy 0.5.0 itself on 300
-random MIDI files at 12-480 ticks per quarter, drums included: identical values for every file with notes).
+The paper's analysis (docs/paper.md) read each generated MIDI file with ``muspy.read_midi`` and called muspy's
+metrics. muspy is not a dependency here, so this module recomputes the same numbers from a ``symusic.Score``,
+following muspy 0.5's ``muspy/metrics/metrics.py`` where the paper used it (checked against muspy 0.5.0 itself on
+300 random MIDI files at 12-480 ticks per quarter, drums included: identical values for every file with notes).
 Like ``muspy.read_midi``, every time-based feature works in the score's own ticks (the MIDI file's ticks per
 quarter note): scores in quarters or seconds are converted to ticks first, and one "beat" is one quarter note
 (muspy's ``resolution``), whatever the time signature.
@@ -95,7 +95,7 @@ def _sounding_pitch_counts(notes: dict[str, np.ndarray], length: int) -> np.ndar
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The paper's features (paper.md §2.2)
+# The paper's features (docs/paper.md)
 
 
 def note_count(score: symusic.Score) -> float:

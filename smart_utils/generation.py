@@ -34,7 +34,7 @@ SAMPLES_FILE = "samples.csv"
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How pieces are sampled; the defaults are smart.py's training settings (paper.md §1.5)."""
+    """How pieces are sampled; the defaults are smart.py's training settings (docs/paper.md)."""
 
     n: int = 100
     prompt_source: str = "procedural-no-starting-note"  # the paper's main setting
@@ -93,8 +93,8 @@ def generate_pieces(
 ) -> list[Path]:
     """Sample ``settings.n`` pieces from a model, checkpoint or run folder; return the MIDI paths written.
 
-    The MIDI files are ``out_dir/0000.mid ...``; with ``render`` each also gets a WAV beside it, rendered so. The prompts
-    and settings go to ``out_dir/samples.csv``.
+    The MIDI files are ``out_dir/0000.mid ...``; with ``render`` each also gets a WAV beside it, rendered so. The
+    prompts and settings go to ``out_dir/samples.csv``.
     """
     model_dir = resolve_model_dir(model_path)
     device = str(compute_device(device))

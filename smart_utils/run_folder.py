@@ -2,8 +2,9 @@
 
 A run folder holds ``smart_config.json`` (the resolved constants, ``save_config``), ``checkpoint-<step>/`` (the
 Trainer's), and one folder per reward step under ``rl_logs/``, ``midi/`` and ``audio/``. ``python smart.py
---RESUME=<run>`` reads the constants back (``configurator.resumed_config``), picks the newest checkpoint the
-Trainer finished writing (``last_complete_checkpoint``) and moves aside what the resumed run will redo (``archive_after_resume``).
+--RESUME=<run>`` reads the constants back (``configurator.resumed_config``), picks the newest checkpoint the Trainer
+finished writing (``last_complete_checkpoint``) and moves aside what the resumed run will redo
+(``archive_after_resume``).
 
 Only the standard library is imported here: smart.py reads a resumed run's constants before its config is checked,
 which is before torch, transformers and TRL load.

@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerFast
 
 MIDITOK_FILE = "tokenizer.json"
 
-# The paper's base-model vocabulary (paper.md §1.2): 413 tokens = PAD/BOS/EOS, PRE/SUF, INF1-16, Bar,
+# The paper's base-model vocabulary (docs/paper.md): 413 tokens = PAD/BOS/EOS, PRE/SUF, INF1-16, Bar,
 # 88 Pitch (21-108), 32 Velocity, 48 Duration (12 ticks/beat up to 4 beats), 144 Position, 64 Tempo (40-250),
 # 15 TimeSig. This config reproduces that layout token for token (ids may be ordered differently).
 _TIME_SIGNATURES = {8: [3, 5, 6, 7, 9, 10, 11, 12], 4: [2, 3, 4, 5, 6], 2: [2, 3]}

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from listen_server import DATABASE, ResponseStore, trial_order
-from listen_stimuli import MANIFEST
+from listening.server import DATABASE, ResponseStore, trial_order
+from listening.stimuli import MANIFEST
 from listening.fit import (
     MODEL_FILE,
     REPORT_FILE,
@@ -24,7 +24,7 @@ from listening.fit import (
     normalised,
     predict,
     prompt_folds,
-    read_ratings,
+    stored_ratings,
     remove_participant_offsets,
     save_model,
     strongest_features,
@@ -141,11 +141,11 @@ def test_participant_offsets_are_removed_before_averaging():
 
 def test_a_study_without_ratings_says_so(tmp_path: Path):
     with pytest.raises(FitError, match="responses.sqlite not found"):
-        read_ratings(tmp_path)
+        stored_ratings(tmp_path)
     store = ResponseStore(tmp_path / DATABASE)
     store.add_participant([("c1", False)], "synthetic")
     with pytest.raises(FitError, match="holds no ratings yet"):
-        read_ratings(tmp_path)
+        stored_ratings(tmp_path)
 
 
 def test_too_few_ratings_or_prompts_stop_the_fit(tmp_path: Path):
