@@ -94,6 +94,8 @@ class RewardManager:
         start_step: int = 0,
         process_index: int = 0,
         num_processes: int = 1,
+        watch: Callable[[list[Record], int, float], dict[str, float]] | None = None,
+        on_audio_step: Callable[[int, list[tuple[str, np.ndarray, int]]], None] | None = None,
     ):
         if not reward_weights or sum(reward_weights.values()) == 0:
             raise ValueError(f"reward_weights={reward_weights!r}: give at least one reward a non-zero weight")
@@ -104,6 +106,8 @@ class RewardManager:
         self.global_reward_step = start_step
         self.process_index = process_index
         self.num_processes = num_processes
+        self.watch = watch  # measured after the reward is computed, never part of it (smart_utils/watch.py)
+        self.on_audio_step = on_audio_step  # hands an audio step's clips to the trackers (smart_utils/trackers.py)
         self._audio_writer: threading.Thread | None = None
         self.__name__ = "RewardManager"  # TRL names the reward column after this
 
@@ -127,8 +131,12 @@ class RewardManager:
             record["reward"] = self.total_reward(record)
             record["reward_weights"] = self.reward_weights
         self.export_records(records)
+        watched = {} if self.watch is None else self.watch(
+            records, self.global_reward_step, float(np.mean([r["reward"] for r in records])))
         if log_metric is not None:
             self.log_step_metrics(records, seconds, log_metric)
+            for name, value in watched.items():
+                log_metric(name, value)
         self.global_reward_step += 1
         return [record["reward"] for record in records]
 
@@ -232,6 +240,8 @@ class RewardManager:
                  record["sample_rate"])
                 for record in records if "audio" in record
             ]
+            if self.on_audio_step is not None:
+                self.on_audio_step(step, [(path.stem, audio, rate) for path, audio, rate in clips])
             # Not a daemon: an interpreter that exits without wait_for_audio() still finishes the files.
             self._audio_writer = threading.Thread(target=write_wavs, args=(clips,), name=f"wav-writer-step-{step}")
             self._audio_writer.start()

@@ -61,7 +61,8 @@ CPU_THREADS: int | None = None  # torch threads when training on a CPU; None = t
 # --- reward ---------------------------------------------------------------------------------------------------
 REWARD_WEIGHTS = {"CE": 1.0}  # reward name -> weight; reward = weighted mean (names: a Processor's REWARDS)
 AUDIOBOX_CHECKPOINT: str | None = None  # None = facebook/audiobox-aesthetics from the hub; or a local checkpoint.pt
-SOUNDFONT = "musescore"  # soundfont name (see soundfonts/README.md) or path to a .sf2/.sf3
+SOUNDFONT: str | list[str] = "musescore"  # soundfont name (soundfonts/README.md) or path; a list: rewards over all
+SOUNDFONT_COMBINE = "mean"  # how each audio reward combines across several SOUNDFONTs: "mean" or "min"
 SAMPLE_RATE = 48000  # render sample rate (Hz)
 MAX_BEATS = 100  # crop decoded MIDI to this many beats
 MAX_AUDIO_DURATION = 10  # seconds of audio rendered and scored (Audiobox's receptive field)
@@ -80,11 +81,19 @@ PAM_TEMPERATURE = 0.25  # PAM: softmax temperature over each positive/negative p
 PAM_MODEL = "laion/larger_clap_general"  # PAM: the CLAP model
 CLAP_BATCH_SIZE: int | None = None  # clips per CLAP forward (all three rewards); None = the whole batch at once
 LISTENERS_MODEL: str | None = None  # "listeners": a reward model fitted on a listening study (listen.py fit)
+# --- watch: measured and logged, never optimised (smart_utils/watch.py) ---------------------------------------
+WATCH_REWARDS: list[str] = []  # held-out judges, logged as watch/<name> (e.g. ["CU", "clap"]; weight-free ones)
+WATCH_SOUNDFONTS: list[str] = []  # held-out soundfonts: the trained audio rewards re-scored as watch/CE@<name>
+WATCH_DIVERSITY = True  # the step's diversity, overall and within GRPO groups (watch/diversity, .../group_diversity)
+WATCH_INTERVAL = 1  # watch every this many reward steps
+STOP_DIVERSITY_FRACTION: float | None = None  # stop once diversity < this x its first 5 watched steps' (e.g. 0.5)
+STOP_JUDGE_STEPS: int | None = None  # stop once a judge falls while the trained reward rises over this many steps
 # --- output ---------------------------------------------------------------------------------------------------
 OUTPUT_DIR: str | None = None  # run directory; None = a new, timestamped folder under artefacts/runs/
 SAVE_STEPS = 20  # checkpoint every this many steps
 AUDIO_SAVE_INTERVAL = 10  # save WAVs every this many reward steps (MIDI is saved every step)
 REPORT_TO = "none"  # "none", "wandb", "tensorboard", "trackio" (the logger must be installed)
+AUDIO_TO_TRACKER = 4  # clips of each audio step sent to REPORT_TO's tracker, to be heard there (0 = none)
 EVAL_SAMPLES = 32  # pieces per model in the end-of-run report, base vs tuned (evaluation.py); 0 = skip it
 RESUME: str | None = None  # a run directory to continue from its last checkpoint, with its saved config
 
@@ -94,6 +103,8 @@ def grpo_config(run_dir: Path, on_gpu: bool, bf16_native: bool, model_init_kwarg
     """TRL's settings: every one that differs between TRL 0.16 (the paper's runs) and 1.16 is set explicitly, as
     the README's table lists them (tests/test_smart.py checks each)."""
     from trl import GRPOConfig  # here, not at the top: TRL loads only once the config is checked
+
+    from smart_utils.devices import ddp_timeout
 
     return GRPOConfig(
         output_dir=str(run_dir),
@@ -122,6 +133,7 @@ def grpo_config(run_dir: Path, on_gpu: bool, bf16_native: bool, model_init_kwarg
         report_to=REPORT_TO,
         run_name=run_dir.name,
         seed=TRAINER_SEED,
+        ddp_timeout=ddp_timeout(),  # the process group's, set when smart.py creates it (devices.process_state)
     )
 
 
@@ -151,6 +163,8 @@ if __name__ == "__main__":
 
     problems = check_config(config, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     problems += reward_problems(REWARD_WEIGHTS, config)
+    if WATCH_REWARDS:
+        problems += reward_problems(dict.fromkeys(WATCH_REWARDS, 1.0), config, setting="WATCH_REWARDS")
     if problems:
         sys.exit("smart.py: the config cannot run:\n- " + "\n- ".join(problems))
     from smart_utils.devices import one_gpu_unless_launched
@@ -165,19 +179,21 @@ if __name__ == "__main__":
 
     import numpy as np
     import torch
-    from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
     from datasets import Dataset
     from trl import GRPOTrainer
 
     from processors import (
         MidiTokToSymusicProcessor,
+        SoundfontEnsembleProcessor,
         TinySoundfontSynthProcessor,
+        build_processor,
         build_reward_processors,
+        reward_classes,
         weight_models,
     )
     from reward_manager import RewardManager
-    from smart_utils.devices import bf16_native, compute_device, policy_init_kwargs
+    from smart_utils.devices import bf16_native, compute_device, policy_init_kwargs, process_state
     from smart_utils.evaluation import evaluate_run
     from smart_utils.multitrack import resolve_is_multitrack
     from smart_utils.prompts import build_prompts
@@ -185,15 +201,17 @@ if __name__ == "__main__":
     from smart_utils.report import plot_training
     from smart_utils.run_logs import read_run_logs, read_trainer_log
     from smart_utils.run_record import build_record, describe, write_record
-    from smart_utils.soundfont_sources import resolve_soundfont
+    from smart_utils.soundfont_sources import resolve_soundfont, soundfont_label, soundfont_names
     from smart_utils.stop_on_signal import StopOnSignal
     from smart_utils.tokenizer import load_tokenizers
+    from smart_utils.trackers import TrackerAudio
+    from smart_utils.watch import STOPPED_FILE, WATCH_FILE, StopOnCollapse, StopRules, Watch
 
     # --- the device, the seeds and the run folder ------------------------------------------------------------------
     on_gpu = torch.cuda.is_available()
     # Without cpu=True a CPU-only launch of several processes (torchrun, accelerate launch) is not seen as
     # distributed: every rank would think it is alone, name its own run dir and write the same files.
-    state = PartialState(cpu=not on_gpu)
+    state = process_state(cpu=not on_gpu)  # the process group, with transformers' 30-minute ddp_timeout
     device = compute_device()  # this rank's GPU by index (PartialState made it current), or the CPU
     checkpoint, unfinished_checkpoints = last_complete_checkpoint(Path(RESUME)) if RESUME is not None else (None, [])
     if not on_gpu:
@@ -236,23 +254,49 @@ if __name__ == "__main__":
     prompts = build_prompts(PROMPT_SOURCE, remi, num_prompts, SEED, PROMPT_MIDI_DIR)
     train_dataset = Dataset.from_dict({"prompt": prompts, "prompt_ids": bridge(prompts)["input_ids"]})
 
-    # --- the reward chain -----------------------------------------------------------------------------------------
-    soundfont_path = resolve_soundfont(SOUNDFONT)
+    # --- the reward chain: decode, render, score; with several SOUNDFONTs each audio reward combines them --------
+    render_workers = default_render_workers(BATCH_SIZE) if RENDER_WORKERS is None else RENDER_WORKERS
+
+    def synth(path: str) -> TinySoundfontSynthProcessor:
+        return TinySoundfontSynthProcessor(path, SAMPLE_RATE, MAX_AUDIO_DURATION, num_workers=render_workers)
+
+    soundfonts = {soundfont_label(name): resolve_soundfont(name) for name in soundfont_names(SOUNDFONT)}
+    soundfont_path = next(iter(soundfonts.values()))
+    main_synth = synth(soundfont_path)
+    rewards = build_reward_processors(list(REWARD_WEIGHTS), config, device)
+    audio_rewards = [processor for processor in rewards if processor.READS_AUDIO]
+    if len(soundfonts) > 1 and audio_rewards:
+        synths = {label: main_synth if k == 0 else synth(path) for k, (label, path) in enumerate(soundfonts.items())}
+        rewards = [p for p in rewards if not p.READS_AUDIO] + [
+            SoundfontEnsembleProcessor(synths, audio_rewards, SOUNDFONT_COMBINE)]
+
+    # --- the watch: held-out judges, held-out soundfonts, diversity; logged every WATCH_INTERVAL steps ------------
+    judges = [cls for cls in reward_classes(WATCH_REWARDS, config) if cls not in {type(p) for p in rewards}]
+    watch_processors = [build_processor(cls, config, device) for cls in judges]
+    held_out = {soundfont_label(name): resolve_soundfont(name) for name in WATCH_SOUNDFONTS}
+    if held_out and audio_rewards:
+        main_label = next(iter(soundfonts))
+        watch_processors.append(SoundfontEnsembleProcessor(
+            {main_label: main_synth, **{label: synth(path) for label, path in held_out.items()}}, audio_rewards))
+    watch = Watch(
+        watch_processors, trained=list(REWARD_WEIGHTS), judges=WATCH_REWARDS, num_generations=NUM_GENERATIONS,
+        interval=WATCH_INTERVAL, diversity=WATCH_DIVERSITY,
+        history_file=run_dir / WATCH_FILE if state.is_main_process else None,
+        resumed_before=start_step if checkpoint is not None else None,
+    ) if watch_processors or WATCH_DIVERSITY or WATCH_REWARDS else None
+    tracker_audio = TrackerAudio(AUDIO_TO_TRACKER) if REPORT_TO != "none" and AUDIO_TO_TRACKER else None
+
     reward_manager = RewardManager(
-        processors=[
-            MidiTokToSymusicProcessor(remi, is_multitrack=is_multitrack, max_beats=MAX_BEATS),
-            TinySoundfontSynthProcessor(
-                soundfont_path, SAMPLE_RATE, MAX_AUDIO_DURATION,
-                num_workers=default_render_workers(BATCH_SIZE) if RENDER_WORKERS is None else RENDER_WORKERS,
-            ),
-            *build_reward_processors(list(REWARD_WEIGHTS), config, device),
-        ],
+        processors=[MidiTokToSymusicProcessor(remi, is_multitrack=is_multitrack, max_beats=MAX_BEATS), main_synth,
+                    *rewards],
         reward_weights=REWARD_WEIGHTS,
         output_dir=run_dir,
         audio_save_interval=AUDIO_SAVE_INTERVAL,
         start_step=start_step,
         process_index=state.process_index,
         num_processes=state.num_processes,
+        watch=watch,
+        on_audio_step=tracker_audio,
     )
 
     # --- GRPO ---------------------------------------------------------------------------------------------------
@@ -260,14 +304,21 @@ if __name__ == "__main__":
         os.environ.setdefault("WANDB_PROJECT", "music-grpo")
     model_init_kwargs = policy_init_kwargs(device, state.num_processes > 1, FP32_WEIGHTS, TRUST_REMOTE_CODE)
     training_args = grpo_config(run_dir, on_gpu, bf16, model_init_kwargs)
+    stop_on_signal = StopOnSignal()
+    rules = StopRules(STOP_DIVERSITY_FRACTION, STOP_JUDGE_STEPS)
+    collapse_rules = []  # stop rules read the watch's history
+    if watch is not None and rules.active():
+        collapse_rules.append(StopOnCollapse(watch, rules, run_dir, state.is_main_process))
     trainer = GRPOTrainer(
         model=BASE_MODEL_PATH,
         reward_funcs=reward_manager,
         args=training_args,
         train_dataset=train_dataset,
         processing_class=bridge,
-        callbacks=[StopOnSignal()],
+        callbacks=[stop_on_signal, *collapse_rules],
     )
+    if tracker_audio is not None:
+        tracker_audio.attach(trainer)
 
     # --- what this run really used: printed, and saved beside smart_config.json ----------------------------------
     reference = getattr(trainer, "ref_model", None)
@@ -287,14 +338,25 @@ if __name__ == "__main__":
         trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     finally:
         reward_manager.wait_for_audio()  # the last audio step's WAVs are written in the background
-    if trainer.state.global_step < NUM_TRAIN_STEPS:
+    collapse = next((rule.stopped for rule in collapse_rules if rule.stopped), None)
+    stopped_early = trainer.state.global_step < NUM_TRAIN_STEPS
+    if stopped_early and collapse is None:  # Ctrl-C or SIGTERM: the checkpoint is saved, nothing else is wanted
         print(f"[smart] stopped at step {trainer.state.global_step}; continue with: python smart.py --RESUME={run_dir}")
         sys.exit(0)
-    trainer.save_model()  # the tuned model (and its tokenizer.json) in the run directory itself
-    trainer.save_state()
+    if not stopped_early:
+        trainer.save_model()  # the tuned model (and its tokenizer.json) in the run directory itself
+        trainer.save_state()
+    stop_on_signal.uninstall()  # training is over: Ctrl-C stops the report below instead of asking for a checkpoint
     if state.is_main_process:
         plot_training(read_run_logs(run_dir), read_trainer_log(run_dir), run_dir / "reward_curve.png")
         print(f"[smart] reward curve: {run_dir / 'reward_curve.png'}")
         if EVAL_SAMPLES:
-            print(f"[smart] evaluation report: {evaluate_run(run_dir, config, n=EVAL_SAMPLES)}")
+            try:
+                print(f"[smart] evaluation report: {evaluate_run(run_dir, config, n=EVAL_SAMPLES)}")
+            except KeyboardInterrupt:  # evaluate_run has said what is saved and how to redo the report
+                sys.exit(130)
+    if stopped_early:  # over-optimisation: the report above is of the checkpoint the stop saved
+        print(f"[smart] stopped for over-optimisation at step {trainer.state.global_step}: {collapse} (in "
+              f"{run_dir / STOPPED_FILE}); continue without that rule with: python smart.py --RESUME={run_dir}")
+        sys.exit(0)
     print(f"[smart] done: tuned model and logs in {run_dir}")

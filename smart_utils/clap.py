@@ -37,7 +37,8 @@ class ClapEmbedder:
 
     ``sample_rate`` is the rate of clips whose record has none (records from the synth carry theirs).
     ``model_id`` is a hub id or a local folder holding what ``ClapModel.save_pretrained`` and
-    ``ClapProcessor.save_pretrained`` write.
+    ``ClapProcessor.save_pretrained`` write. Both embeddings are computed in full fp32 (``devices.exact_fp32``:
+    no TF32, and no outer autocast, so a bf16 training's mixed precision does not reach the rewards).
     """
 
     def __init__(self, sample_rate: int, model_id: str, device: torch.device | None, batch_size: int | None):

@@ -8,18 +8,24 @@ Each function here answers one question the libraries answer differently on a GP
   reference model (device placement, weights dtype).
 - ``bf16_native``: bf16 mixed precision only on GPUs that compute in bf16 (compute capability 8.0, Ampere, and
   later); torch and transformers accept emulated bf16 on older GPUs, which is slower than fp32.
-- ``exact_fp32``: TF32 off for the scoring code whose numbers are compared with the CPU reference.
+- ``exact_fp32``: TF32 and autocast off for the scoring code whose numbers are compared with the CPU reference.
 - ``compute_device``: this rank's device, named explicitly.
+- ``process_state``: accelerate's ``PartialState``, whose process group gets transformers' collective timeout
+  (``ddp_timeout``, 30 min) instead of torch's NCCL default (10 min).
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
-from typing import Any
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 LAUNCHER_VARIABLES = ("WORLD_SIZE", "LOCAL_RANK")  # set by torchrun and accelerate launch for every rank
 
@@ -84,22 +90,58 @@ def bf16_native() -> tuple[bool, str]:
     return False, f"{name} (compute capability {major}.{minor}) has no native bf16 (needs 8.0, Ampere, or later)"
 
 
+AUTOCAST_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # where an outer torch.autocast may be on
+
+
 @contextmanager
 def exact_fp32() -> Iterator[None]:
-    """Inside: fp32 convolutions (cuDNN) and matrix products (cuBLAS) in full fp32, no TF32; restored after.
+    """Inside: fp32 convolutions (cuDNN) and matrix products (cuBLAS) in full fp32, no TF32, and no autocast;
+    restored after.
 
     cuDNN convolutions default to TF32 on Ampere and later GPUs, which changes Audiobox's on-device resampling
     by about 2e-4 relative RMS against the reference predictor's CPU resample, and so its scores. torch's
     per-operation ``fp32_precision`` settings are used, not the legacy ``allow_tf32`` flags: mixing the two
     makes torch raise when either is read, and transformers may use the new ones.
+
+    An outer ``torch.autocast`` (bf16 mixed precision around the code that calls a reward) would run the
+    matrix products and convolutions inside in bf16 and return bf16 embeddings; it is switched off here for
+    every device type where it is on. A model that enables autocast itself (Audiobox's opt-in ``bf16``) still can.
     """
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
     saved = conv.fp32_precision, matmul.fp32_precision
     conv.fp32_precision = matmul.fp32_precision = "ieee"
     try:
-        yield
+        with ExitStack() as no_autocast:
+            for device_type in AUTOCAST_DEVICE_TYPES:
+                if torch.is_autocast_enabled(device_type):
+                    no_autocast.enter_context(torch.autocast(device_type=device_type, enabled=False))
+            yield
     finally:
         conv.fp32_precision, matmul.fp32_precision = saved
+
+
+def ddp_timeout() -> int:
+    """Seconds a collective may wait for the other ranks: transformers' ``TrainingArguments.ddp_timeout``
+    default (1800), the one number smart.py gives both the process group and GRPOConfig."""
+    import dataclasses
+
+    from transformers import TrainingArguments  # slow to import: only once the config is checked
+
+    return next(field.default for field in dataclasses.fields(TrainingArguments) if field.name == "ddp_timeout")
+
+
+def process_state(cpu: bool) -> PartialState:
+    """accelerate's ``PartialState`` (which starts the process group under a launcher), with ``ddp_timeout``.
+
+    transformers passes ``ddp_timeout`` to the group it creates, but smart.py creates it first (to name one run
+    folder for all ranks), and a group is created once: without the timeout here, NCCL would run with torch's
+    10-minute default instead of the 30 minutes transformers intends, and a rank that scores a slow reward step
+    or writes a checkpoint alone could make the others time out. ``cpu=True`` is needed for a CPU-only launch of
+    several processes to be seen as distributed (gloo).
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=cpu, timeout=datetime.timedelta(seconds=ddp_timeout()))
 
 
 def compute_device(requested: str | torch.device | None = None) -> torch.device:

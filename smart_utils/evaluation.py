@@ -47,7 +47,7 @@ from smart_utils.report import Evaluation, write_report
 from smart_utils.run_folder import RUN_CONFIG_FILE, last_complete_checkpoint, read_run_config
 from smart_utils.run_logs import read_run_logs, read_trainer_log
 from smart_utils.run_record import RECORD_FILE
-from smart_utils.soundfont_sources import KNOWN_SOUNDFONTS, SoundfontNotFound, resolve_soundfont
+from smart_utils.soundfont_sources import KNOWN_SOUNDFONTS, SoundfontNotFound, resolve_soundfont, soundfont_label
 
 CHUNK = 8  # clips rendered and scored at once: bounds memory (a 10 s clip is 3.8 MB) and Audiobox's batch
 MP3 = "MP3" in soundfile.available_formats()  # libsndfile >= 1.1 encodes MP3
@@ -211,10 +211,6 @@ def write_listening_clip(stem: Path, audio: np.ndarray, sample_rate: int) -> Pat
     return path
 
 
-def soundfont_label(name_or_path: str) -> str:
-    return name_or_path if name_or_path.lower() in KNOWN_SOUNDFONTS else Path(name_or_path).stem
-
-
 def held_out_soundfonts(requested: Sequence[str] | None, main_path: str) -> dict[str, str]:
     """label -> path of the soundfonts to re-render with; ``None`` = every known soundfont found on this machine.
 
@@ -348,6 +344,7 @@ def evaluate_run(
     other reward of REWARD_WEIGHTS becomes a reward_<name> column. No soundfont robustness by default (it costs
     a full re-scoring per soundfont). Writes ``<run>/eval`` unless ``out_dir``; ``overrides`` go to
     ``evaluate_systems`` (e.g. ``robustness_soundfonts=None`` to re-render with every other soundfont found).
+    Ctrl-C (KeyboardInterrupt) stops it with a line saying that the tuned model is saved, then goes on up.
     """
     run = Path(run_dir)
     generation = GenerationSettings(
@@ -364,7 +361,13 @@ def evaluate_run(
         reward_names=[name for name in config["REWARD_WEIGHTS"] if name not in AES_AXES],
     )
     systems = {"base": config["BASE_MODEL_PATH"], "tuned": str(run)}
-    return evaluate_systems(systems, out_dir or run / "eval", **{**options, **overrides})
+    out = Path(out_dir or run / "eval")
+    try:
+        return evaluate_systems(systems, out, **{**options, **overrides})
+    except KeyboardInterrupt:  # Ctrl-C once training is over: the run is complete, only its report is not
+        print(f"\n[smart] evaluation interrupted: the tuned model is saved in {run}; {out} is incomplete. Redo the "
+              f"report with: python evaluation.py {run} --out {out}")
+        raise
 
 
 def add_audio_scores(

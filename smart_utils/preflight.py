@@ -15,14 +15,14 @@ import subprocess
 import sys
 import sysconfig
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from smart_utils.model_paths import is_hub_id
 from smart_utils.pam_prompts import PAM_AVERAGE
 from smart_utils.prompts import PROMPT_SOURCES
-from smart_utils.soundfont_sources import SoundfontNotFound, resolve_soundfont
+from smart_utils.soundfont_sources import SoundfontNotFound, resolve_soundfont, soundfont_names
 
 OFFLINE_HINT = (
     "Without a network, run the offline preset: python smart.py config/local.py "
@@ -74,6 +74,27 @@ def _pam_problems(pairs: Any) -> list[str]:
             (("the name of their mean", taken), ("used twice", repeated)) for n in found]
 
 
+def _watch_problems(config: dict[str, Any]) -> list[str]:
+    """The watch's and the stop rules' settings (smart_utils/watch.py): in range, and each rule with what it reads."""
+    problems = []
+    if config.get("SOUNDFONT_COMBINE", "mean") not in ("mean", "min"):
+        problems.append(f"SOUNDFONT_COMBINE={config['SOUNDFONT_COMBINE']!r} must be 'mean' or 'min'")
+    if isinstance(config.get("SOUNDFONT"), list) and not config["SOUNDFONT"]:
+        problems.append("SOUNDFONT=[] names no soundfont; give a name, a path or a list of them")
+    fraction = config.get("STOP_DIVERSITY_FRACTION")
+    if fraction is not None and not 0 < fraction < 1:
+        problems.append(f"STOP_DIVERSITY_FRACTION={fraction!r} must be between 0 and 1 (e.g. 0.5), or None")
+    if fraction is not None and not config.get("WATCH_DIVERSITY", True):
+        problems.append("STOP_DIVERSITY_FRACTION needs WATCH_DIVERSITY=True: the rule reads the watched diversity")
+    steps = config.get("STOP_JUDGE_STEPS")
+    if steps is not None and steps < 2:
+        problems.append(f"STOP_JUDGE_STEPS={steps!r} must be >= 2 (a trend needs two steps), or None")
+    if steps is not None and not (config.get("WATCH_REWARDS") or config.get("WATCH_SOUNDFONTS")):
+        problems.append("STOP_JUDGE_STEPS needs a held-out judge: name rewards in WATCH_REWARDS or soundfonts in "
+                        "WATCH_SOUNDFONTS")
+    return problems
+
+
 def check_config(config: dict[str, Any], world_size: int = 1) -> list[str]:
     """Every problem with a resolved smart.py config, as messages a user can act on; empty when runnable. The
     rewards' own problems (unknown names, missing weights) are processors.reward_problems'."""
@@ -81,7 +102,8 @@ def check_config(config: dict[str, Any], world_size: int = 1) -> list[str]:
         config,
         ("NUM_TRAIN_STEPS", "BATCH_SIZE", "NUM_GENERATIONS", "LEARNING_RATE", "MAX_COMPLETION_LENGTH",
          "MAX_BEATS", "SAMPLE_RATE", "MAX_AUDIO_DURATION", "SAVE_STEPS", "AUDIO_SAVE_INTERVAL",
-         "GRADIENT_ACCUMULATION_STEPS", "NUM_ITERATIONS", "TEMPERATURE", "CLAP_TEMPERATURE", "PAM_TEMPERATURE"),
+         "GRADIENT_ACCUMULATION_STEPS", "NUM_ITERATIONS", "TEMPERATURE", "CLAP_TEMPERATURE", "PAM_TEMPERATURE",
+         "WATCH_INTERVAL"),
     )
     if config.get("AUDIOBOX_BATCH_SIZE") is not None and config["AUDIOBOX_BATCH_SIZE"] < 1:
         problems.append(
@@ -110,10 +132,13 @@ def check_config(config: dict[str, Any], world_size: int = 1) -> list[str]:
     ):
         problems.append(f"PROMPT_MIDI_DIR={config['PROMPT_MIDI_DIR']!r}: PROMPT_SOURCE='dataset' needs a MIDI folder")
 
-    try:
-        resolve_soundfont(config["SOUNDFONT"])
-    except SoundfontNotFound as error:
-        problems.append(f"SOUNDFONT: {error}")
+    for key in ("SOUNDFONT", "WATCH_SOUNDFONTS"):
+        for name in soundfont_names(config.get(key, [])):
+            try:
+                resolve_soundfont(name)
+            except SoundfontNotFound as error:
+                problems.append(f"{key}: {error}")
+    problems += _watch_problems(config)
 
     model_problem = _model_problem(config["BASE_MODEL_PATH"])
     if model_problem:
@@ -121,7 +146,8 @@ def check_config(config: dict[str, Any], world_size: int = 1) -> list[str]:
     return problems
 
 
-def gpu_problems(which: Callable[[str], str | None] | None = None, run: Callable[..., Any] | None = None) -> list[str]:
+def gpu_problems(which: Callable[[str], str | None] | None = None, run: Callable[..., Any] | None = None,
+                 ldconfig: Callable[[], str | None] | None = None) -> list[str]:
     """What stops this machine from training on its GPU, as messages that say what to install; empty when fine.
 
     - ``nvidia-smi`` lists a GPU but torch cannot use it: the installed torch build needs a newer driver
@@ -131,12 +157,16 @@ def gpu_problems(which: Callable[[str], str | None] | None = None, run: Callable
       first kernel would fail.
     - TRL's log-prob kernel is Triton on CUDA, and Triton compiles a C helper at its first launch: that needs
       a C compiler (``$CC``, gcc or clang, the ones Triton looks for) and Python's headers (``Python.h``).
-    ``which`` and ``run`` default to ``shutil.which`` and ``subprocess.run``; tests pass stand-ins.
+    - Triton links that helper against ``libcuda.so.1``, which it finds only through ``TRITON_LIBCUDA_PATH``, the
+      linker cache or ``LD_LIBRARY_PATH`` (``libcuda_problem``): a container with a stale cache fails there.
+    ``which`` and ``run`` default to ``shutil.which`` and ``subprocess.run``, ``ldconfig`` to ``ldconfig_listing``;
+    tests pass stand-ins.
     """
     import torch
 
     which = which or shutil.which
     run = run or subprocess.run
+    ldconfig = ldconfig or ldconfig_listing
 
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
         return []
@@ -169,7 +199,94 @@ def gpu_problems(which: Callable[[str], str | None] | None = None, run: Callable
             f"python{sys.version_info.major}.{sys.version_info.minor}-dev for a non-default Python), "
             f"dnf install gcc python3-devel (Fedora/RHEL), or conda install -c conda-forge gcc in a conda Python"
         )
+    libcuda = libcuda_problem(ldconfig())
+    if libcuda:
+        problems.append(libcuda)
     return problems
+
+
+LIBCUDA = "libcuda.so.1"  # the CUDA driver library Triton links against (-l:libcuda.so.1)
+# Where drivers put it: Debian/Ubuntu, NVIDIA's container mounts, RHEL/SUSE, CUDA's forward-compat package, WSL.
+LIBCUDA_PLACES = (
+    "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/local/nvidia/lib64",
+    "/usr/local/nvidia/lib", "/usr/lib64", "/lib64", "/usr/lib", "/usr/local/cuda/compat", "/usr/lib/wsl/lib",
+)
+
+
+def ldconfig_listing() -> str | None:
+    """The linker cache as Triton reads it (``/sbin/ldconfig -p``), or None where that command fails."""
+    try:
+        listing = subprocess.run(["/sbin/ldconfig", "-p"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return listing.stdout if listing.returncode == 0 else None
+
+
+def _holds_libcuda(folder: str) -> bool:
+    return os.path.exists(os.path.join(folder, LIBCUDA))
+
+
+def _cached_libcuda(listing: str | None) -> list[str]:
+    """The paths the linker cache names for libcuda.so.1 ("libcuda.so.1 (libc6,x86-64) => /lib/.../libcuda.so.1")."""
+    return [line.split()[-1] for line in (listing or "").splitlines() if LIBCUDA in line]
+
+
+def triton_libcuda_dirs(listing: str | None, environ: Mapping[str, str]) -> list[str]:
+    """The folders Triton links against libcuda.so.1 from (Triton 3's libcuda_dirs, triton/backends/nvidia/driver.py):
+    ``TRITON_LIBCUDA_PATH`` as given; else those the linker cache names for it; only when the cache names none,
+    the ``LD_LIBRARY_PATH`` folders holding it. Triton fails unless one of them holds the file."""
+    if environ.get("TRITON_LIBCUDA_PATH"):
+        return [environ["TRITON_LIBCUDA_PATH"]]
+    cached = _cached_libcuda(listing)
+    if cached:
+        return [os.path.dirname(path) for path in cached]
+    return [folder for folder in environ.get("LD_LIBRARY_PATH", "").split(":") if folder and _holds_libcuda(folder)]
+
+
+def loaded_libcuda_dir(maps: Path = Path("/proc/self/maps")) -> str | None:
+    """The folder of the libcuda this process has loaded (torch loads it when it starts CUDA), or None."""
+    try:
+        lines = maps.read_text().splitlines()
+    except OSError:
+        return None
+    folders = (os.path.dirname(line.split(maxsplit=5)[-1]) for line in lines if "/libcuda.so" in line)
+    return next((folder for folder in folders if _holds_libcuda(folder)), None)
+
+
+def libcuda_problem(listing: str | None, environ: Mapping[str, str] = os.environ,
+                    places: Sequence[str] | None = None) -> str | None:
+    """Why Triton would not find ``libcuda.so.1`` on the first CUDA step (after the models have loaded), saying
+    what to set, or None when it would.
+
+    ``listing`` is ``ldconfig -p``'s output (None: it could not run, and Triton's own call would fail too).
+    The fix names a folder that holds the file: the first of ``places`` that does (default: the folder of the
+    driver this process loaded, then ``LIBCUDA_PLACES``). A ``TRITON_LIBCUDA_PATH`` without the file is always
+    reported; otherwise, where no such folder exists (torch's CUDA answers come from no driver on this machine,
+    as in tests), there is nothing to point at and nothing is said.
+    """
+    if any(_holds_libcuda(folder) for folder in triton_libcuda_dirs(listing, environ)):
+        return None
+    if places is None:
+        places = [folder for folder in (loaded_libcuda_dir(), *LIBCUDA_PLACES) if folder]
+    found = next((folder for folder in places if _holds_libcuda(folder)), None)
+    cached = _cached_libcuda(listing)
+    if environ.get("TRITON_LIBCUDA_PATH"):
+        why = f"TRITON_LIBCUDA_PATH={environ['TRITON_LIBCUDA_PATH']} holds no {LIBCUDA}"
+    elif found is None:
+        return None
+    elif listing is None:
+        why = "/sbin/ldconfig -p, which Triton asks, could not run"
+    elif cached:
+        why = f"the linker cache names {', '.join(cached)}, which is not there (a stale cache: Triton then ignores " \
+              "LD_LIBRARY_PATH)"
+    else:
+        why = "neither the linker cache (ldconfig -p) nor LD_LIBRARY_PATH has it"
+    fix = f"export TRITON_LIBCUDA_PATH={found} (it holds {LIBCUDA})" if found else \
+        f"export TRITON_LIBCUDA_PATH=<the folder holding {LIBCUDA}>"
+    if not environ.get("TRITON_LIBCUDA_PATH"):  # a set one wins over the cache
+        fix += ", or refresh the linker cache as root: ldconfig"
+    return (f"TRL's log-prob kernel (Triton) links against {LIBCUDA} on its first CUDA step, after the models have "
+            f"loaded, and would not find it: {why}. Fix: {fix}")
 
 
 def python_header() -> Path:

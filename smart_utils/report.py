@@ -262,9 +262,13 @@ def plot_piano_rolls(ev: Evaluation, path: Path) -> None:
 
 
 def plot_training(logs: pd.DataFrame, trainer_log: pd.DataFrame | None, path: Path) -> None:
-    """Reward of every training sample and its mean per step, each reward's mean per step, and the KL if logged."""
+    """Reward of every training sample and its mean per step, each reward's mean per step, the KL if logged, and
+    the watch (smart_utils/watch.py) if the run had one: the trained reward beside the held-out judges and the
+    diversity on one timeline, where over-optimisation shows as the lines parting."""
     kl = trainer_log[["step", "kl"]].dropna() if trainer_log is not None and "kl" in trainer_log else None
-    panels = 2 + (kl is not None and len(kl) > 0)
+    watched = [c for c in trainer_log.columns if c.startswith("watch/")] if trainer_log is not None else []
+    has_kl = kl is not None and len(kl) > 0
+    panels = 2 + has_kl + bool(watched)
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4))
     axes[0].scatter(logs.reward_step, logs.reward, s=3, alpha=0.2)
     axes[0].plot(logs.groupby("reward_step").reward.mean(), color="black", label="mean")
@@ -274,9 +278,19 @@ def plot_training(logs: pd.DataFrame, trainer_log: pd.DataFrame | None, path: Pa
     axes[1].set(title="Mean normalised reward per step", xlabel="reward step")
     if axes[1].lines:
         axes[1].legend()
-    if panels == 3:
+    if has_kl:
         axes[2].plot(kl.step, kl.kl)
         axes[2].set(title="KL to the base model", xlabel="optimizer step")
+    if watched:
+        ax = axes[-1]
+        trained = trainer_log[["step", "reward"]].dropna()
+        ax.plot(trained.step, trained.reward, color="black", linewidth=2, label="trained reward")
+        for name in watched:
+            series = trainer_log[["step", name]].dropna()
+            ax.plot(series.step, series[name], label=name.removeprefix("watch/"),
+                    linestyle="--" if "diversity" in name else "-")
+        ax.set(title="Trained reward vs the watch (never optimised)", xlabel="optimizer step")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

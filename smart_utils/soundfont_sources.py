@@ -211,6 +211,16 @@ def search_dirs(spec: SoundfontSpec | None = None) -> list[Path]:
     return dirs
 
 
+def soundfont_names(setting: str | list[str]) -> list[str]:
+    """SOUNDFONT's soundfonts: one name or path, or several (each audio reward is then combined across them)."""
+    return [setting] if isinstance(setting, str) else list(setting)
+
+
+def soundfont_label(name_or_path: str) -> str:
+    """A soundfont's short name in logs and tables: its known name, else its file name without the suffix."""
+    return name_or_path if name_or_path.lower() in KNOWN_SOUNDFONTS else Path(name_or_path).stem
+
+
 def resolve_soundfont(name_or_path: str, download: bool = True) -> str:
     """Return an existing soundfont file for a known name, a file name in a search folder, or a path.
 

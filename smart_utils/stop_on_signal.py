@@ -19,12 +19,24 @@ class StopOnSignal(TrainerCallback):
     gather for ranks that have left, until the collective timeout, and no checkpoint would be written. Ranks can
     see a signal at different steps (it reached one rank only, or arrived at a step's end), so after each step
     they agree: any rank's request stops them all (``any_rank``).
+
+    The handlers are this process's until ``uninstall``, which smart.py calls once the tuned model is saved:
+    after that Ctrl-C stops the end-of-run report (KeyboardInterrupt) instead of asking a finished training for
+    a checkpoint.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._request)
+        self.previous = {sig: signal.signal(sig, self._request) for sig in self.SIGNALS}
+
+    def uninstall(self) -> None:
+        """Give SIGINT and SIGTERM back to the handlers they had before (Python's: KeyboardInterrupt, exit)."""
+        for sig, handler in self.previous.items():
+            if signal.getsignal(sig) == self._request:  # not replaced since by someone else
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        self.previous = {}
 
     def _request(self, signum: int, _frame: object) -> None:
         print(f"\n[smart] {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")

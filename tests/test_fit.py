@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from listening.server import DATABASE, ResponseStore, trial_order
-from listening.stimuli import MANIFEST
 from listening.fit import (
     MODEL_FILE,
     REPORT_FILE,
@@ -24,11 +22,13 @@ from listening.fit import (
     normalised,
     predict,
     prompt_folds,
-    stored_ratings,
     remove_participant_offsets,
     save_model,
+    stored_ratings,
     strongest_features,
 )
+from listening.server import DATABASE, ResponseStore, trial_order
+from listening.stimuli import MANIFEST
 
 PROMPTS = 15
 SYSTEMS = ("base", "tuned")
