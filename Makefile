@@ -4,7 +4,7 @@
 # Before a commit, and in CI (.ci/run) before the tests:
 #   make lint    ruff check . with the rules in pyproject.toml
 # On a GPU box:
-#   make setup CUDA=cu126   torch's build for another CUDA version (README: Running on a GPU box)
+#   make setup CUDA=cu126   torch's build for another CUDA version (docs/gpu.md)
 #   make gpu-check          the paper's default path at the paper's size with stand-ins: stage times, memory, speedups
 PYTHON ?= python3
 VENV ?= .venv

@@ -13,7 +13,7 @@ A run folder given alone is compared with the base model named in its smart_conf
 are plotted. The first system is the reference the others are compared against.
 
 Per sample: the paper's MIDI features (features.py, muspy's definitions), the four Audiobox axes when a checkpoint
-is given, and any named reward processor (processors.REWARD_PROCESSORS). Per system: diversity and the average
+is given, and any named reward (a Processor's REWARDS in processors.py). Per system: diversity and the average
 piano roll. With held-out soundfonts, the same MIDI is re-rendered and the change in every audio-domain score
 reported. Everything lands in ``--out``: features.csv, summary.md, figures/, audio/ and report.html.
 """

@@ -9,7 +9,7 @@ decay 0.01, cosine schedule with warmup down to a minimum lr; the best-validatio
 stops when validation loss has not improved for ``PATIENCE`` evaluations.
 
 The output directory is a drop-in base model: ``AutoModelForCausalLM.from_pretrained(out)`` and
-``midi_tokenizer.load_tokenizers(out)`` load it, and ``train_config.json`` / ``metrics.json`` record the run.
+``smart_utils.tokenizer.load_tokenizers(out)`` load it, and ``train_config.json`` / ``metrics.json`` record the run.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from tqdm import tqdm
 from transformers import Phi3Config, Phi3ForCausalLM
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
-from smart_utils import tokenizer as midi_tokenizer
+from smart_utils import tokenizer
 from smart_utils.devices import compute_device
 from smart_utils.files import list_midi_files, write_json_atomically
 
@@ -303,8 +303,8 @@ def train(cfg: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomically(out / "train_config.json", cfg)
 
-    remi = midi_tokenizer.default_remi()
-    bridge = midi_tokenizer.bridge_tokenizer(remi)
+    remi = tokenizer.default_remi()
+    bridge = tokenizer.bridge_tokenizer(remi)
     special = Special.from_remi(remi)
     pieces = load_pieces(cfg["DATA_DIR"], remi, cfg["CACHE_DIR"])
     train_names, val_names = split_by_piece(list(pieces), cfg["VAL_FRACTION"], cfg["SEED"])

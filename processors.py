@@ -278,7 +278,8 @@ class CustomTokenizerToSymusicProcessor(Processor):
 class TinySoundfontSynthProcessor(Processor):
     """Render each record's score with TinySoundFont: stereo, at most ``max_duration_seconds``, peak-normalised.
 
-    Same audio as the original method, with less work: see renderer.py, the one place rendering is defined.
+    Same audio as the original method, with less work: see smart_utils/rendering.py, the one place
+    rendering is defined.
     An empty score renders as 1 s of silence, as in the original.
 
     ``num_workers=1`` renders in this process; more start a ``render_pool.RenderPool`` of that many processes

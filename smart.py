@@ -68,7 +68,7 @@ MAX_BEATS = 100  # crop decoded MIDI to this many beats
 MAX_AUDIO_DURATION = 10  # seconds of audio rendered and scored (Audiobox's receptive field)
 AUDIOBOX_BATCH_SIZE: int | None = None  # clips per Audiobox forward; None = what half the free GPU memory holds
 RENDER_WORKERS: int | None = None  # render processes; None = CPU cores (quota-aware, per local rank, <= BATCH_SIZE)
-# the CLAP text-audio rewards "clap", "clap_clf" and PAM's (README: Text-audio rewards); *_MODEL: hub id or folder
+# the CLAP text-audio rewards "clap", "clap_clf" and PAM's (docs/rewards.md); *_MODEL: hub id or folder
 CLAP_PROMPT = "jazz"  # "clap": the text the audio should match (the original's piano runs used "jazz")
 CLAP_K = 8  # "clap": the original's k, which its code never uses (its runs passed NUM_GENERATIONS); no effect
 CLAP_MODEL = "laion/larger_clap_music"  # "clap": the CLAP model
@@ -101,7 +101,7 @@ RESUME: str | None = None  # a run directory to continue from its last checkpoin
 # --- what the recipe builds from the constants (functions, so tests can check them without a run) ----------------
 def grpo_config(run_dir: Path, on_gpu: bool, bf16_native: bool, model_init_kwargs: dict[str, Any]) -> "GRPOConfig":
     """TRL's settings: every one that differs between TRL 0.16 (the paper's runs) and 1.16 is set explicitly, as
-    the README's table lists them (tests/test_smart.py checks each)."""
+    docs/paper.md's table lists them (tests/test_smart.py checks each)."""
     from trl import GRPOConfig  # here, not at the top: TRL loads only once the config is checked
 
     from smart_utils.devices import ddp_timeout

@@ -299,7 +299,7 @@ def summary_markdown(analysis: Analysis, study: Path) -> str:
               "larger, so a difference must hold over listeners and over pieces (exact: every sign pattern "
               "enumerated), Holm-adjusted over the comparisons. 95% CI: bootstrap resampling participants and "
               "prompts. Why: answers are paired by prompt and nested in participants, and the pieces are a sample "
-              "too; a test over participants alone takes the clips as fixed (see listen_analysis.py).", ""]
+              "too; a test over participants alone takes the clips as fixed (see listening/analysis.py).", ""]
     if analysis.comparisons:
         lines += [markdown_table((
             ["comparison", "mean difference", "95% CI", "participants", "prompts", "pairs", "p (participants)",

@@ -9,7 +9,7 @@ are L2-normalised) and compare them with the embeddings of fixed text prompts:
 - PAM: for each positive/negative prompt pair, softmax over the pair of (audio . text) / temperature: the
   positive's share, as the reward named by the pair's shorthand; ``pam_avg`` is their mean.
 
-What this module changes against the original (the README's differences table): the model runs on the run's
+What this module changes against the original (docs/differences.md): the model runs on the run's
 device instead of ``.to(0)``; the hub id is a constructor argument (a local folder
 works offline); clips at another rate than the feature extractor's (48 kHz) are resampled instead of refused;
 a clip the model cannot score meaningfully gets ``UNSCORABLE_REWARD`` and a logged reason instead of a score

@@ -54,7 +54,7 @@ def one_gpu_unless_launched(environ: MutableMapping[str, str] = os.environ) -> s
     environ["CUDA_VISIBLE_DEVICES"] = first
     return (
         f"{count} GPUs visible to one process: training on the first (CUDA_VISIBLE_DEVICES={first}); to use all, "
-        f"run accelerate launch --multi_gpu --num_processes {count} smart.py ... (README: Running on a GPU box)"
+        f"run accelerate launch --multi_gpu --num_processes {count} smart.py ... (docs/gpu.md)"
     )
 
 

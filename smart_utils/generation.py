@@ -141,7 +141,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = GenerationSettings()
     parser.add_argument("--n", type=int, default=defaults.n, help="pieces per model (default %(default)s)")
     parser.add_argument("--prompt-source", default=defaults.prompt_source, choices=PROMPT_SOURCES,
-                        help="prompt generator from prompts.py (default: %(default)s, the paper's)")
+                        help="prompt generator from smart_utils/prompts.py (default: %(default)s, the paper's)")
     parser.add_argument("--prompt-midi-dir", default=None, help="MIDI folder for --prompt-source dataset")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for prompts and sampling")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,

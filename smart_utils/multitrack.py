@@ -1,8 +1,9 @@
-"""Prompt-adherence rewards for multi-track models: does the output use the instruments the prompt asked for?
+"""What the multi-track prompt-adherence rewards read (their processors are in processors.py): does the output use
+the instruments the prompt asked for?
 
 A multi-track prompt names its instruments as ``Program_*`` tokens in its head, before the first ``Bar_None``
-(prompts.py writes them so; ``Program_-1`` is miditok's drums). Two rewards from erl-j/SMART compare them with the
-output, both in [0, 1]:
+(smart_utils/prompts.py writes them so; ``Program_-1`` is miditok's drums). Two rewards from erl-j/SMART compare them
+with the output, both in [0, 1]:
 
 - ``ProgramPromptAdherenceRewardProcessor`` (reward ``programs_iou``): intersection over union of the *sets* of
   Program tokens in the head and in the body (every token after the first ``Bar_None``).
@@ -11,8 +12,8 @@ output, both in [0, 1]:
 
 The original wrote both under the one name ``programs_iou``. Here ``programs_iou`` is the token-set IoU, and the
 track IoU is ``programs_iou_tracks`` (``TrackIoURewardProcessor``, a subclass that only renames it), so both can
-be weighted in one run. Differences from the original, each a slip there that made the reward silently missing (0 in the
-weighted sum) or wrong on the miditok tokenizers this project runs:
+be weighted in one run. Differences from the original, each a slip there that made the reward silently missing (0
+in the weighted sum) or wrong on the miditok tokenizers this project runs:
 
 - no ``Bar_None``, or no Program token on either side: the original raised (IndexError/ZeroDivisionError), caught
   it and wrote nothing; here the reward is 0.0 and the reason is logged in ``errors``;
@@ -65,7 +66,7 @@ PROGRAM_REWARDS = ("programs_iou", "programs_iou_tracks")
 
 def resolve_is_multitrack(setting: bool | None, tokenizer: miditok.MusicTokenizer, reward_names: Iterable[str]) -> bool:
     """smart.py's IS_MULTITRACK checked against the model: ``None`` takes it from the tokenizer
-    (``midi_tokenizer.is_multitrack``); a value that contradicts the tokenizer, or a program reward for a model
+    (``smart_utils.tokenizer.is_multitrack``); a value that contradicts the tokenizer, or a program reward for a model
     that writes no Program tokens, raises ``ValueError``. Either would otherwise decode every completion to an
     empty score, or give every completion the same reward, without stopping the run."""
     derived = is_multitrack(tokenizer)

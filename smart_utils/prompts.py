@@ -1,7 +1,7 @@
 """The four prompt sources of the original SMART, as prompt strings of REMI token names.
 
 Prompts are strings (``"Bar_None TimeSig_6/8 Position_0 Tempo_100.0"``) because TRL 1.16 tokenizes prompt text
-with the processing class; ``midi_tokenizer.MidiTokBridge`` maps each name to its miditok id.
+with the processing class; ``smart_utils.tokenizer.MidiTokBridge`` maps each name to its miditok id.
 
 - ``procedural``: Bar, random TimeSig, Position_0, random Tempo, then a random starting note (Pitch, Velocity,
   Duration): 7 tokens, the public smart.py default.
@@ -10,12 +10,12 @@ with the processing class; ``midi_tokenizer.MidiTokBridge`` maps each name to it
 - ``dataset``: Bar, the first TimeSig and Tempo of a piece from a folder of MIDI files, Position_0: one prompt per
   piece for the first ``n`` pieces of a seeded shuffle, as the original's ``shuffle().select(range(n))``.
 
-For a multi-track tokenizer (``midi_tokenizer.is_multitrack``) every prompt but BOS starts with a head of distinct
-``Program_*`` tokens (the instruments asked for, ``Program_-1`` = drums) before its first Bar: 1 to
-MAX_PROMPT_PROGRAMS random programs for the procedural sources, the piece's own (in order of first note) for
-dataset prompts, and the procedural starting note is played by the head's first program. The original's public
-smart.py only had piano prompts; its multi-track rewards (multitrack.py) read the prompt's programs from the
-tokens before the first Bar, which is the layout used here.
+For a multi-track tokenizer (``smart_utils.tokenizer.is_multitrack``) every prompt but BOS starts with a head of
+distinct ``Program_*`` tokens (the instruments asked for, ``Program_-1`` = drums) before its first Bar: 1 to
+MAX_PROMPT_PROGRAMS random programs for the procedural sources, the piece's own (in order of first note) for dataset
+prompts, and the procedural starting note is played by the head's first program. The original's public smart.py only
+had piano prompts; its multi-track rewards (multitrack.py) read the prompt's programs from the tokens before the first
+Bar, which is the layout used here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Render a batch of scores on all cores: a persistent pool of worker processes, each with a ``SoundfontRenderer``.
 
-This is an optional layer on top of renderer.py (``TinySoundfontSynthProcessor(num_workers=1)`` does without it);
-what is rendered, and how, is entirely the renderer's. ``RenderPool(settings, num_workers)``:
+This is an optional layer on top of smart_utils/rendering.py (``TinySoundfontSynthProcessor(num_workers=1)`` does
+without it); what is rendered, and how, is entirely the renderer's. ``RenderPool(settings, num_workers)``:
 
 - the soundfont is loaded once, by a fork server that then forks every worker from itself, so the workers share
   its memory (copy-on-write: MuseScore General decompresses to 0.5-1.8 GB, which 16 workers would otherwise
