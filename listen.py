@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from configurator import smart_constants
 from listening.stimuli import STUDY_GENERATION, build_study
@@ -54,7 +55,7 @@ def analyse_command(args: argparse.Namespace) -> None:
 
 
 def fit_command(args: argparse.Namespace) -> None:
-    from listening.fit import FitError, fit_study, save_model, strongest_features, study_features
+    from listening.fit import MODEL_FILE, FitError, fit_study, save_model, strongest_features, study_features
 
     try:
         result = fit_study(args.study, study_features(args.study, args.features), seed=args.seed,
@@ -63,9 +64,11 @@ def fit_command(args: argparse.Namespace) -> None:
         sys.exit(f"listen.py fit: {error}")
     print(result.report)
     if not result.reliable and not args.keep_unreliable:
+        stale = Path(args.out) / MODEL_FILE
         sys.exit("listen.py fit: no model written: it predicts the ratings no better than their mean ("
                  + "; ".join(result.reasons) + "). Collect more ratings, or pass --keep-unreliable to save it "
-                 "marked unreliable (smart.py refuses such a model)")
+                 "marked unreliable (smart.py refuses such a model)"
+                 + (f". NOTE: {stale} is an earlier fit, left as it was" if stale.is_file() else ""))
     out = save_model(result.model, args.out)
     signs = ", ".join(f"{name} {coefficient:+.3f}" for name, coefficient in strongest_features(result.model, 5))
     print(f"[listen] reward model in {out} (strongest features: {signs}); tune toward it with\n"

@@ -131,8 +131,11 @@ class RewardManager:
             record["reward"] = self.total_reward(record)
             record["reward_weights"] = self.reward_weights
         self.export_records(records)
+        start = time.perf_counter()
         watched = {} if self.watch is None else self.watch(
             records, self.global_reward_step, float(np.mean([r["reward"] for r in records])))
+        if watched:
+            watched["seconds/watch"] = time.perf_counter() - start
         if log_metric is not None:
             self.log_step_metrics(records, seconds, log_metric)
             for name, value in watched.items():

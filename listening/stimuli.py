@@ -291,7 +291,7 @@ def build_study(
     device = str(compute_device(device))
     sf_name, sf_path, sf_why = choose_soundfont(soundfont, systems)
     print(f"[listen] soundfont {sf_name} ({sf_path}): {sf_why}")
-    sample_rate, clip_seconds = constants["sample_rate"], constants["MAX_AUDIO_DURATION"]
+    sample_rate, clip_seconds = constants["SAMPLE_RATE"], constants["MAX_AUDIO_DURATION"]
     aes, why_not = load_audiobox(audiobox, device)  # before sampling: a bad checkpoint fails fast
     if audiobox is not None and aes is None:
         raise ValueError(f"--audiobox {audiobox}: {why_not}; fix the path or leave --audiobox out")
