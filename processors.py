@@ -773,7 +773,10 @@ class PamRewardProcessor(ClapRewardProcessor):
     @classmethod
     def problems(cls, constants: Mapping[str, Any]) -> list[str]:
         empty = [] if constants.get("PAM_PROMPTS") else ["PAM_PROMPTS is empty, so the PAM rewards have no pair"]
-        return empty + super().problems(constants)
+        others = {name for other in processor_classes() if other is not cls for name in other.reward_names(constants)}
+        taken = [f"PAM_PROMPTS: shorthand {name!r} is another reward's name; rename it"
+                 for name in sorted(set(cls.reward_names(constants)) & others)]
+        return empty + taken + super().problems(constants)
 
     model_constant = "PAM_MODEL"
 

@@ -6,9 +6,10 @@
 
 Every sequence goes through the real chain smart.py builds for weight-free rewards: MidiTokToSymusicProcessor ->
 TinySoundfontSynthProcessor (soundfont "timgm6mb") -> ScaleConsistencyReward, NoteDensityRewardProcessor,
-FilledBeatsRewardProcessor, AudioActivityRewardProcessor (and with ``--clap`` the CLAP rewards clap, clap_clf and pam_avg),
-combined by a RewardManager, in batches of 64 (one reward step each,
-with its parquet log, MIDI and audio written to a temporary folder). The sequences mix six generators
+FilledBeatsRewardProcessor, AudioActivityRewardProcessor (and with ``--clap`` the CLAP rewards clap, clap_clf and
+pam_avg), each built from smart.py's constants as smart.py builds them (``processors.build_reward_processors``),
+combined by a RewardManager, in batches of 64 (one reward step each, with its parquet log, MIDI and audio written
+to a temporary folder). The sequences mix six generators
 (``GENERATORS``): uniform random ids including ids outside the vocabulary, grammar-plausible REMI with
 pathological values, special tokens (PAD/BOS/EOS/...) in the middle, chords of up to 10,000 notes, notes
 followed by up to 1000 silent beats, and empty sequences.
@@ -39,14 +40,9 @@ import pyarrow.parquet as pq
 if not __package__:  # run as `python bench/x.py`, which puts bench/ on the path: the repository root instead
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from processors import (
-    DEFAULT_MAX_AUDIO_SECONDS,
-    DEFAULT_SAMPLE_RATE,
-    MidiTokToSymusicProcessor,
-    RewardSettings,
-    TinySoundfontSynthProcessor,
-    reward_processors_for,
-)
+import smart
+from configurator import smart_constants
+from processors import MidiTokToSymusicProcessor, TinySoundfontSynthProcessor, build_reward_processors
 from reward_manager import RewardManager
 from smart_utils.soundfont_sources import resolve_soundfont
 from smart_utils.tokenizer import default_remi
@@ -59,20 +55,21 @@ MAX_SILENT_BEATS = 1000
 
 
 def reward_chain(
-    output_dir: Path, sample_rate: int = DEFAULT_SAMPLE_RATE, max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
-    max_beats: int = 100, clap_model: str | None = None,
+    output_dir: Path, sample_rate: int = smart.SAMPLE_RATE, max_audio_seconds: float = smart.MAX_AUDIO_DURATION,
+    max_beats: int = smart.MAX_BEATS, clap_model: str | None = None,
 ) -> tuple[miditok.MusicTokenizer, RewardManager]:
     """The project's tokenizer and a RewardManager over the weight-free rewards, as smart.py would build it, and
     the CLAP rewards too when ``clap_model`` (a folder or hub id, used for all three) is given."""
     remi = default_remi()
     weights = WEIGHTS if clap_model is None else {**WEIGHTS, **CLAP_WEIGHTS}
-    models = {} if clap_model is None else dict(clap_model=clap_model, clap_clf_model=clap_model, pam_model=clap_model)
-    settings = RewardSettings(max_audio_seconds=max_audio_seconds, sample_rate=sample_rate, **models)
+    models = {} if clap_model is None else dict(CLAP_MODEL=clap_model, CLAP_CLF_MODEL=clap_model, PAM_MODEL=clap_model)
+    constants = {**smart_constants(), "MAX_AUDIO_DURATION": max_audio_seconds, "SAMPLE_RATE": sample_rate,
+                 "MAX_BEATS": max_beats, **models}
     manager = RewardManager(
         processors=[
             MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=max_beats),
             TinySoundfontSynthProcessor(resolve_soundfont("timgm6mb"), sample_rate, max_audio_seconds),
-            *reward_processors_for(weights, settings),
+            *build_reward_processors(list(weights), constants),
         ],
         reward_weights=weights,
         output_dir=output_dir,
@@ -180,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=10_000, help="sequences to run")
     parser.add_argument("--batch", type=int, default=64, help="sequences per reward step")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seconds", type=float, default=DEFAULT_MAX_AUDIO_SECONDS, help="MAX_AUDIO_DURATION")
-    parser.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE)
+    parser.add_argument("--seconds", type=float, default=smart.MAX_AUDIO_DURATION, help="MAX_AUDIO_DURATION")
+    parser.add_argument("--sample-rate", type=int, default=smart.SAMPLE_RATE)
     parser.add_argument("--failures-file", default="fuzz_failures.json", help="where failing sequences are saved")
     parser.add_argument("--clap", metavar="MODEL", help="also the CLAP rewards, with this CLAP model: a folder, a "
                         "hub id, or 'standin' (a random tiny CLAP built here, bench/standins.py)")

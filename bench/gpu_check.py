@@ -174,7 +174,7 @@ def reward_stage_comparison(
     decoder = MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=config["MAX_BEATS"])
     workers = config["RENDER_WORKERS"] or default_render_workers(len(records))
     synth = TinySoundfontSynthProcessor(soundfont_path, rate, seconds, num_workers=workers)
-    scorer = AudioBoxAesRewardProcessor(None)
+    scorer = AudioBoxAesRewardProcessor(None).scorer
     scorer.batched_scores([np.zeros((2, rate), np.float32)] * 2, rate)  # warm-up outside the timing
     t_decode_b, decoded_b = timed(lambda: decoder(fresh(records)), 1)
     t_render_b, rendered_b = timed(lambda: synth(decoded_b), 1)
@@ -192,7 +192,7 @@ def reward_stage_comparison(
     total_a, total_b = t_decode_a + t_render_a + t_score_a, t_decode_b + t_render_b + t_score_b
     lines = [
         f"reward stage on step {last}'s {len(records)} completions | original (serial) | this project "
-        f"({workers} render workers, batched Audiobox on {scorer.aes_predictor.device})",
+        f"({workers} render workers, batched Audiobox on {scorer.predictor.device})",
         f"  decode   {t_decode_a:8.2f} s | {t_decode_b:8.2f} s",
         f"  render   {t_render_a:8.2f} s | {t_render_b:8.2f} s   ({t_render_a / t_render_b:.2f}x)",
         f"  Audiobox {t_score_a:8.2f} s | {t_score_b:8.2f} s   ({t_score_a / t_score_b:.2f}x)",
@@ -205,7 +205,7 @@ def reward_stage_comparison(
 def bf16_difference(fp32_scores: np.ndarray, audios: list[np.ndarray], rate: int) -> str:
     from processors import AudioBoxAesRewardProcessor
 
-    half = AudioBoxAesRewardProcessor(None, bf16=True)
+    half = AudioBoxAesRewardProcessor(None, bf16=True).scorer
     diff = np.abs(half.batched_scores(audios, rate) - fp32_scores)
     return (f"bf16 Audiobox (opt-in) vs fp32 on the same {len(audios)} clips: max |diff| {diff.max():.3f}, "
             f"mean {diff.mean():.3f} (1-10 scale; rewards are score/10)")

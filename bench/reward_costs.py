@@ -1,4 +1,4 @@
-"""Benchmark (not a test): what each stage and each registered reward costs per clip on this machine.
+"""Benchmark (not a test): what each stage and each reward processor costs per clip on this machine.
 
     python bench/reward_costs.py                      # 64 completions of the shipped model; CLAP at larger_clap's size
     python bench/reward_costs.py --clap-size tiny     # the tests' tiny CLAP stand-in (seconds, not representative)
@@ -6,14 +6,17 @@
 
 The batch is bench/reward_pipeline.py's: 64 seeded completions x 256 tokens from ``models/piano-tiny`` (8 prompts x
 8 generations, so ``group_diversity`` sees 8 GRPO groups), decoded, cropped to 100 beats and rendered as smart.py
-does (10 s at 48 kHz with TimGM6mb, in-process). Then every reward processor in ``processors.REWARD_PROCESSORS``
-is built once and timed on copies of the same records, its model already loaded (loading is a one-off cost),
-and every reward it writes is checked to be in [0, 1] for every clip (the exit status is 1 otherwise).
+does (10 s at 48 kHz with TimGM6mb, in-process). Then every processor class that writes a reward
+(``processors.processor_classes``: those whose ``reward_names`` are not empty) is built once from smart.py's
+constants, as smart.py builds it (``processors.build_processor``), and timed on copies of the same records, its
+model already loaded (loading is a one-off cost), and every reward it writes is checked to be in [0, 1] for every
+clip (the exit status is 1 otherwise).
 
 Model-based rewards run random weights of the real architecture, which cost what the real weights cost: Audiobox
 at full size (bench/standins.py), and CLAP with the audio encoder of laion's "larger" checkpoints (HTSAT-base:
 128-wide patch embedding, stages of depth 2, 2, 12, 2, as we read the published configuration; the text side,
-used once per run for the prompts, is small). The last column is the seconds per clip.
+used once per run for the prompts, is small). The ``listeners`` reward runs a stand-in model over every feature a
+fit may use (bench/standins.py). The last column is the milliseconds per clip.
 """
 
 from __future__ import annotations
@@ -33,15 +36,16 @@ if not __package__:  # run as `python bench/x.py`: the repository root on the pa
 import torch  # noqa: E402
 
 from bench.reward_pipeline import MAX_AUDIO_DURATION, MAX_BEATS, SAMPLE_RATE, make_completions  # noqa: E402
-from bench.standins import make_audiobox_checkpoint, make_tiny_clap  # noqa: E402
+from bench.standins import make_audiobox_checkpoint, make_listeners_model, make_tiny_clap  # noqa: E402
+from configurator import smart_constants  # noqa: E402
 from processors import (  # noqa: E402
-    REWARD_PROCESSORS,
     MidiTokToSymusicProcessor,
     Processor,
-    Record,
-    RewardSettings,
     TinySoundfontSynthProcessor,
+    build_processor,
+    processor_classes,
 )
+from smart_utils.records import Record  # noqa: E402
 from smart_utils.soundfont_sources import resolve_soundfont  # noqa: E402
 
 # laion/larger_clap_*'s audio encoder (HTSAT-base), as we read its published config; the weights are random.
@@ -77,12 +81,10 @@ def out_of_range(records: list[Record], names: list[str]) -> list[str]:
     return bad
 
 
-def reward_names_by_class() -> dict[type, list[str]]:
-    """Each registered processor class and the reward names it is registered under, in registry order."""
-    names: dict[type, list[str]] = {}
-    for name, cls in REWARD_PROCESSORS.items():
-        names.setdefault(cls, []).append(name)
-    return names
+def reward_names_by_class(constants: dict) -> dict[type[Processor], list[str]]:
+    """Each processor class that writes a reward under ``constants`` and the rewards it writes, in definition
+    order (how REWARD_WEIGHTS finds them)."""
+    return {cls: list(cls.reward_names(constants)) for cls in processor_classes() if cls.reward_names(constants)}
 
 
 def main() -> None:
@@ -97,18 +99,20 @@ def main() -> None:
         model_name, remi, records, _ = make_completions(workdir)
         records = records[: args.clips]
         clap = make_tiny_clap(workdir / "clap", audio_config=LARGER_CLAP_AUDIO if args.clap_size == "larger" else None)
-        settings = RewardSettings(
-            audiobox_checkpoint=str(make_audiobox_checkpoint(workdir / "audiobox.pt")), sample_rate=SAMPLE_RATE,
-            max_audio_seconds=MAX_AUDIO_DURATION, clap_model=str(clap), clap_clf_model=str(clap), pam_model=str(clap),
-        )
+        constants = {
+            **smart_constants(), "AUDIOBOX_CHECKPOINT": str(make_audiobox_checkpoint(workdir / "audiobox.pt")),
+            "SAMPLE_RATE": SAMPLE_RATE, "MAX_AUDIO_DURATION": MAX_AUDIO_DURATION, "CLAP_MODEL": str(clap),
+            "CLAP_CLF_MODEL": str(clap), "PAM_MODEL": str(clap),
+            "LISTENERS_MODEL": str(make_listeners_model(workdir / "listeners")),
+        }
         rows, bad = [], []
         decode = MidiTokToSymusicProcessor(remi, is_multitrack=False, max_beats=MAX_BEATS)
         rows.append(("decode (miditok -> symusic)", "MidiTokToSymusicProcessor", timed(decode, records)))
         render = TinySoundfontSynthProcessor(resolve_soundfont("timgm6mb"), SAMPLE_RATE, MAX_AUDIO_DURATION)
         rows.append(("render (TinySoundFont, 1 process)", "TinySoundfontSynthProcessor", timed(render, records)))
-        for cls, names in reward_names_by_class().items():
+        for cls, names in reward_names_by_class(constants).items():
             print(f"[costs] {cls.__name__} ...", flush=True)
-            processor = cls.from_settings(settings) if hasattr(cls, "from_settings") else cls()
+            processor = build_processor(cls, constants)
             shown = ", ".join(names) if len(names) <= 4 else f"{len(names)} names: {', '.join(names[:2])}, ..."
             batch = copies(records)
             rows.append((shown, cls.__name__, timed(processor, batch)))

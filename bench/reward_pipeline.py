@@ -43,24 +43,20 @@ if not __package__:  # run as `python bench/x.py`, which puts bench/ on the path
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import smart  # noqa: E402
 from bench.original import OriginalTinySoundfontRenderer  # noqa: E402
 from processors import (  # noqa: E402
-    AES_AXES,
-    DEFAULT_MAX_AUDIO_SECONDS,
-    DEFAULT_SAMPLE_RATE,
     AudioActivityRewardProcessor,
     AudioBoxAesRewardProcessor,
     FilledBeatsRewardProcessor,
     MidiTokToSymusicProcessor,
     NoteDensityRewardProcessor,
-    Record,
     ScaleConsistencyReward,
     TinySoundfontSynthProcessor,
-    completion_record,
-    crop_score,
-    score_seconds,
 )
+from smart_utils.features import AES_AXES, score_seconds  # noqa: E402
 from smart_utils.prompts import build_prompts, tokens_of_kind  # noqa: E402
+from smart_utils.records import Record, completion_record, crop_score  # noqa: E402
 from smart_utils.render_pool import available_cores, default_render_workers  # noqa: E402
 from smart_utils.soundfont_sources import resolve_soundfont  # noqa: E402
 from smart_utils.tokenizer import load_tokenizers  # noqa: E402
@@ -73,8 +69,8 @@ BATCH_SIZE = 64
 MAX_COMPLETION_LENGTH = 256
 TEMPERATURE, TOP_K, TOP_P = 1.0, 50, 1.0
 MAX_BEATS = 100
-SAMPLE_RATE = DEFAULT_SAMPLE_RATE
-MAX_AUDIO_DURATION = DEFAULT_MAX_AUDIO_SECONDS
+SAMPLE_RATE = smart.SAMPLE_RATE
+MAX_AUDIO_DURATION = smart.MAX_AUDIO_DURATION
 SHIPPED_MODEL = ROOT / "models" / "piano-tiny"
 LOCAL_PRESET = ROOT / "config" / "local.py"
 
@@ -216,7 +212,8 @@ def tempo_sweep(records: list[dict], original: OriginalTinySoundfontRenderer,
 
 
 def weight_free_rewards(records: list[dict]) -> list[dict]:
-    for processor in (ScaleConsistencyReward(), NoteDensityRewardProcessor(), FilledBeatsRewardProcessor(), AudioActivityRewardProcessor()):
+    for processor in (ScaleConsistencyReward(), NoteDensityRewardProcessor(), FilledBeatsRewardProcessor(),
+                      AudioActivityRewardProcessor(MAX_AUDIO_DURATION)):
         processor(records)
     return records
 
@@ -241,8 +238,8 @@ def audiobox_stage(
     subset = [r for r in records][:clips]
     inputs = [{"path": torch.from_numpy(r["audio"]).float(), "sample_rate": r["sample_rate"]} for r in subset]
     reference = initialize_predictor(ckpt=checkpoint)
-    ours = AudioBoxAesRewardProcessor(checkpoint)
-    device = str(ours.aes_predictor.device)
+    ours = AudioBoxAesRewardProcessor(checkpoint).scorer
+    device = str(ours.predictor.device)
     if device.startswith("cuda"):  # warm-up (cuDNN autotune, allocator) for both, outside the timings
         reference.forward(inputs[:2])
         ours.batched_scores([r["audio"] for r in subset[:2]], SAMPLE_RATE)
@@ -270,7 +267,7 @@ def audiobox_stage(
     ]
     if bf16:
         del reference
-        half = AudioBoxAesRewardProcessor(checkpoint, bf16=True)
+        half = AudioBoxAesRewardProcessor(checkpoint, bf16=True).scorer
         t_half, got_half = timed(lambda: half.batched_scores([r["audio"] for r in subset], SAMPLE_RATE), 1)
         diff = np.abs(got_half - expected)
         lines.append(f"audiobox bf16 (opt-in): {t_half:.2f} s, score diff vs fp32 max {diff.max():.2e}, "

@@ -15,6 +15,7 @@ they live here so that the tests import from bench/ and bench/ never imports fro
 - ``make_tiny_clap``: a small random-weight CLAP model with its processor (the real feature extractor settings,
   a byte-level BPE tokenizer trained here on a few sentences), saved as the laion hub repos hold theirs.
 - ``fill_clap_hub_cache``: that stand-in under laion/larger_clap_music and laion/larger_clap_general.
+- ``make_listeners_model``: a ``listeners`` reward model as ``listen.py fit`` saves it, with made-up coefficients.
 """
 
 from __future__ import annotations
@@ -172,3 +173,25 @@ def fill_clap_hub_cache(hub_cache: Path, workdir: Path) -> dict[str, str]:
     """The CLAP stand-in in ``hub_cache`` under both laion hub ids: repo id -> commit."""
     clap = make_tiny_clap(workdir / "clap")
     return {repo_id: put_in_hf_cache(repo_id, clap, hub_cache) for repo_id in CLAP_HUB_IDS}
+
+
+def make_listeners_model(directory: Path, features: tuple[str, ...] | None = None) -> Path:
+    """A reward model as ``listen.py fit`` saves it (listening/fit.py), fitted on no ratings: made-up coefficients
+    over ``features`` (default: every feature a fit may use, the paper's MIDI features, the weight-free rewards and
+    Audiobox's axes), marked reliable. It costs what a fitted model on those features costs, and predicts nothing."""
+    from listening.fit import Counts, CrossValidation, RewardModel, save_model
+    from processors import STANDALONE_REWARDS
+    from smart_utils.features import AES_AXES, FEATURES
+
+    if features is None:
+        features = (*FEATURES, *(f"reward_{name}" for name in STANDALONE_REWARDS), *AES_AXES)
+    count = len(features)
+    model = RewardModel(
+        features=tuple(features), means=(0.0,) * count, scales=(1.0,) * count,
+        coefficients=tuple(0.01 * (k + 1) for k in range(count)), intercept=5.5, alpha=1.0, reliable=True,
+        reasons=(), notes=("a stand-in (bench/standins.py): made-up coefficients, fitted on no ratings",),
+        cross_validation=CrossValidation(spearman=0.0, rmse=1.0, baseline_rmse=1.0, baseline_spearman=0.0,
+                                         permutation_p=1.0, permutations=0, folds=0, fold_alphas=()),
+        counts=Counts(ratings=0, participants=0, clips=0, prompts=0, clips_left_out=0),
+    )
+    return save_model(model, directory)

@@ -363,8 +363,14 @@ class RenderPool:
                 slot = worker.free_slots.pop()
                 try:
                     worker.outbox.send((job, slot, midi, float(seconds)))
-                except OSError:  # it died while idle: replace it, the job goes to the new one (once)
-                    requeue(job, f"render worker {worker.pid} is gone")
+                except OSError:  # it died: this job and any queued on it go to the others, or to its replacement
+                    reason = f"render worker {worker.pid} is gone"
+                    requeue(job, reason)
+                    if worker.jobs:  # it may have died rendering the first of them: that one fails, as on EOF
+                        results[worker.jobs.popleft()[0]] = f"render worker {worker.pid} died"
+                    for queued, _ in worker.jobs:
+                        requeue(queued, reason)
+                    worker.jobs.clear()
                     worker = self._replace(worker)
                     continue
                 worker.jobs.append((job, slot))

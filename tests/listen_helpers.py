@@ -7,8 +7,10 @@ from pathlib import Path
 
 import symusic
 
+from configurator import smart_constants
 from listening.stimuli import STUDY_GENERATION, build_study
 
+CONSTANTS = smart_constants()  # smart.py's defaults: clips rendered as its reward renders them
 TPQ = 24  # ticks per quarter; with no tempo event a quarter lasts 0.5 s (120 BPM)
 
 
@@ -31,6 +33,6 @@ def short_study(root: Path, clips_per_system: int = 2) -> Path:
     """A built study of two MIDI-folder systems with 1 s clips (the browser can play them to the end quickly)."""
     base = write_pieces(root / "base_midi", [2] * clips_per_system, velocity=60)
     tuned = write_pieces(root / "tuned_midi", [2] * clips_per_system, velocity=110, voices=3)
-    build_study({"base": str(base), "tuned": str(tuned)}, root / "study",
+    build_study({"base": str(base), "tuned": str(tuned)}, root / "study", constants=CONSTANTS,
                 generation=replace(STUDY_GENERATION, n=clips_per_system), soundfont="timgm6mb")
     return root / "study"

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from processors import AES_AXES, AudioBoxAesRewardProcessor, TinySoundfontSynthProcessor, score_seconds
-from processors import DEFAULT_SAMPLE_RATE as SAMPLE_RATE
+import smart
+from processors import AudioBoxAesRewardProcessor, TinySoundfontSynthProcessor
 from scores import make_score
+from smart_utils.features import AES_AXES, score_seconds
+
+SAMPLE_RATE = smart.SAMPLE_RATE
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,7 +40,7 @@ def music(soundfont):
 
 def batch_size_recorder(processor):
     sizes = []
-    model = processor.aes_predictor.model
+    model = processor.scorer.predictor.model
     hook = model.register_forward_hook(lambda module, args, out: sizes.append(args[0]["wav"].shape[0]))
     return sizes, hook
 
@@ -70,7 +73,7 @@ def test_clips_longer_than_one_window_go_through_the_reference_predictor(process
         passed.extend(item["path"].shape[1] for item in batch)
         return [dict.fromkeys(AES_AXES, 7.0) for _ in batch]
 
-    monkeypatch.setattr(processor.aes_predictor, "forward", reference)
+    monkeypatch.setattr(processor.scorer.predictor, "forward", reference)
     sizes, hook = batch_size_recorder(processor)
     silence = np.zeros((2, SAMPLE_RATE), dtype=np.float32)
     records = processor([{"audio": a, "sample_rate": SAMPLE_RATE, "normalized_rewards": {}}

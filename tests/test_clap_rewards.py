@@ -1,9 +1,11 @@
-"""The CLAP text-audio rewards (clap_rewards.py) on a random-weight stand-in CLAP: each equals the formula computed
-here directly with transformers, bad audio gets the logged fallback, the run's constants reach the processors,
-the registry and preflight know the names, and smart.py trains with "clap" from an offline HF cache."""
+"""The CLAP text-audio rewards (processors.py, on smart_utils/clap.py) on a random-weight stand-in CLAP: each equals
+the formula computed here directly with transformers, bad audio gets the logged fallback, the run's constants reach
+the processors, reward discovery and the config checks know the names, and smart.py trains with "clap" from an
+offline HF cache."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -17,16 +19,18 @@ import torch
 import torchaudio
 from transformers import ClapModel, ClapProcessor
 
+import smart
 from bench.standins import fill_clap_hub_cache, make_tiny_clap
+from configurator import smart_constants
 from conftest import ROOT
 from processors import (
-    REWARD_PROCESSORS,
     CLAPPromptRewardProcessor,
     CLAPZeroShotClassificationRewardProcessor,
     PamRewardProcessor,
-    RewardSettings,
+    build_processor,
+    build_reward_processors,
     reward_class,
-    reward_processors_for,
+    reward_problems,
 )
 from smart_utils.clap import UNSCORABLE_REWARD
 from smart_utils.pam_prompts import PROMPT_PAIRS
@@ -81,7 +85,7 @@ def expected_embeddings(reference, audio_and_rates, prompts) -> tuple[torch.Tens
 
 
 def test_clap_is_the_rescaled_cosine_to_the_prompt(clap_dir, reference):
-    processor = CLAPPromptRewardProcessor(RATE, "a calm piano piece", 8, model_id=str(clap_dir), device=CPU)
+    processor = CLAPPromptRewardProcessor(RATE, "a calm piano piece", 8, clap_model=str(clap_dir), device=CPU)
     records = processor(records_of(clips()))
     audio, text = expected_embeddings(reference, clips(), ["a calm piano piece"])
     cosine = (audio @ text[0]) / (audio.norm(dim=1) * text[0].norm())
@@ -94,8 +98,8 @@ def test_clap_is_the_rescaled_cosine_to_the_prompt(clap_dir, reference):
 
 def test_clap_clf_is_the_target_share_of_the_softmax_over_prompts(clap_dir, reference):
     prompts = ["a calm piano piece", "noise", "a glitch"]
-    processor = CLAPZeroShotClassificationRewardProcessor(RATE, prompts[0], prompts[1:], 0.25, model_id=str(clap_dir),
-                                                          device=CPU)
+    processor = CLAPZeroShotClassificationRewardProcessor(RATE, prompts[0], prompts[1:], 0.25,
+                                                          clap_clf_model=str(clap_dir), device=CPU)
     records = processor(records_of(clips()))
     audio, texts = expected_embeddings(reference, clips(), prompts)
     cosine = torch.stack([torch.nn.functional.cosine_similarity(audio, t[None, :]) for t in texts], dim=1)
@@ -105,7 +109,7 @@ def test_clap_clf_is_the_target_share_of_the_softmax_over_prompts(clap_dir, refe
 
 
 def test_pam_is_each_pairs_positive_share_and_their_mean(clap_dir, reference):
-    processor = PamRewardProcessor(RATE, PAIRS, 0.5, model_id=str(clap_dir), device=CPU)
+    processor = PamRewardProcessor(RATE, PAIRS, 0.5, pam_model=str(clap_dir), device=CPU)
     records = processor(records_of(clips()))
     texts = [p["positive"] for p in PAIRS] + [p["negative"] for p in PAIRS]
     audio, embeds = expected_embeddings(reference, clips(), texts)
@@ -120,11 +124,12 @@ def test_pam_is_each_pairs_positive_share_and_their_mean(clap_dir, reference):
 
 
 def test_a_batch_size_cap_scores_in_chunks_with_the_same_result(clap_dir):
-    whole = CLAPPromptRewardProcessor(RATE, "jazz", 8, model_id=str(clap_dir), device=CPU)
-    chunked = CLAPPromptRewardProcessor(RATE, "jazz", 8, model_id=str(clap_dir), device=CPU, batch_size=3)
+    whole = CLAPPromptRewardProcessor(RATE, "jazz", 8, clap_model=str(clap_dir), device=CPU)
+    chunked = CLAPPromptRewardProcessor(RATE, "jazz", 8, clap_model=str(clap_dir), device=CPU, clap_batch_size=3)
     calls = []
-    forward = chunked.model.get_audio_features
-    chunked.model.get_audio_features = lambda **inputs: calls.append(len(inputs["input_features"])) or forward(**inputs)
+    model = chunked.clap.model
+    forward = model.get_audio_features
+    model.get_audio_features = lambda **inputs: calls.append(len(inputs["input_features"])) or forward(**inputs)
     expected = [r["normalized_rewards"]["clap"] for r in whole(records_of(clips()))]
     got = [r["normalized_rewards"]["clap"] for r in chunked(records_of(clips()))]
     assert calls == [3, 1]
@@ -141,9 +146,9 @@ BAD_AUDIO = {
 @pytest.mark.parametrize("cls", [CLAPPromptRewardProcessor, CLAPZeroShotClassificationRewardProcessor,
                                  PamRewardProcessor])
 def test_audio_clap_cannot_score_gets_the_logged_fallback_and_the_rest_is_scored(clap_dir, cls):
-    settings = RewardSettings(device=CPU, clap_model=str(clap_dir), clap_clf_model=str(clap_dir),
-                              pam_model=str(clap_dir), pam_prompts=tuple(PAIRS))
-    processor = cls.from_settings(settings)
+    constants = {**smart_constants(), "CLAP_MODEL": str(clap_dir), "CLAP_CLF_MODEL": str(clap_dir),
+                 "PAM_MODEL": str(clap_dir), "PAM_PROMPTS": PAIRS}
+    processor = build_processor(cls, constants, CPU)
     good = clips()[:2]
     alone = processor(records_of(good))
     inf = noise(1, 2)
@@ -152,7 +157,7 @@ def test_audio_clap_cannot_score_gets_the_logged_fallback_and_the_rest_is_scored
     records = processor(records_of([good[0], *bad, good[1]]))
     for record, reason in zip(records[1:-1], [*BAD_AUDIO, "NaN or infinite", "shorter than one CLAP window"]):
         assert set(record["normalized_rewards"].values()) == {UNSCORABLE_REWARD}
-        assert set(record["normalized_rewards"]) == set(processor.reward_names)
+        assert set(record["normalized_rewards"]) == set(processor.reward_names_written)
         assert len(record["errors"]) == 1 and reason in record["errors"][0] and cls.__name__ in record["errors"][0]
         if processor.raw_field:
             assert record[processor.raw_field] is None
@@ -163,63 +168,69 @@ def test_audio_clap_cannot_score_gets_the_logged_fallback_and_the_rest_is_scored
 
 
 def test_a_non_finite_embedding_gets_the_fallback(clap_dir):
-    processor = CLAPPromptRewardProcessor(RATE, "jazz", 8, model_id=str(clap_dir), device=CPU)
-    embed = processor.audio_embeddings
-    processor.audio_embeddings = lambda clips: embed(clips).index_fill(0, torch.tensor([1]), float("nan"))
+    processor = CLAPPromptRewardProcessor(RATE, "jazz", 8, clap_model=str(clap_dir), device=CPU)
+    embed = processor.clap.audio_embeddings
+    processor.clap.audio_embeddings = lambda clips: embed(clips).index_fill(0, torch.tensor([1]), float("nan"))
     records = processor(records_of(clips()[:3]))
     assert records[1]["normalized_rewards"]["clap"] == UNSCORABLE_REWARD and "not finite" in records[1]["errors"][0]
     assert records[0]["errors"] == records[2]["errors"] == [] and 0 < records[0]["normalized_rewards"]["clap"] < 1
 
 
-def smart_constants() -> dict:
-    import smart
-
-    return {key: getattr(smart, key) for key in dir(smart) if key.isupper()}
+CLAP_CLASSES = (CLAPPromptRewardProcessor, CLAPZeroShotClassificationRewardProcessor, PamRewardProcessor)
 
 
-def test_the_smart_constants_reach_each_processor_through_reward_settings(clap_dir):
+def test_the_smart_constants_reach_each_processor_through_build_processor(clap_dir):
     config = {**smart_constants(), "CLAP_PROMPT": "a calm piano piece", "CLAP_K": 3, "CLAP_MODEL": str(clap_dir),
               "CLAP_CLF_PROMPT": "calm", "CLAP_REFERENCE_PROMPTS": ["busy", "loud"], "CLAP_TEMPERATURE": 0.5,
               "CLAP_CLF_MODEL": str(clap_dir), "PAM_PROMPTS": PAIRS, "PAM_TEMPERATURE": 2.0,
               "PAM_MODEL": str(clap_dir), "CLAP_BATCH_SIZE": 5, "SAMPLE_RATE": 44100}
-    settings = RewardSettings.from_config(config, CPU)
-    clap, clf, pam = reward_processors_for({"clap": 1.0, "clap_clf": 1.0, PAIRS[0]["shorthand"]: 1.0}, settings)
-    assert (clap.target_prompt, clap.k, clap.model_id, clap.batch_size, clap.sample_rate) == (
+    clap, clf, pam = build_reward_processors(["clap", "clap_clf", PAIRS[0]["shorthand"]], config, CPU)
+    assert (clap.target_prompt, clap.k, clap.clap.model_id, clap.clap.batch_size, clap.clap.sample_rate) == (
         "a calm piano piece", 3, str(clap_dir), 5, 44100)
-    assert (clf.prompts, clf.temperature, clf.model_id) == (["calm", "busy", "loud"], 0.5, str(clap_dir))
-    assert (pam.prompt_configs, pam.temperature, pam.model_id) == (PAIRS, 2.0, str(clap_dir))
-    assert all(p.device == CPU for p in (clap, clf, pam))
-    # smart.py's defaults are RewardSettings' defaults, the original's values
-    assert RewardSettings.from_config(smart_constants()) == RewardSettings()
-    defaults = RewardSettings()
-    assert (defaults.clap_model, defaults.clap_clf_model, defaults.pam_model) == (
+    assert (clf.prompts, clf.temperature, clf.clap.model_id) == (["calm", "busy", "loud"], 0.5, str(clap_dir))
+    assert (pam.prompt_configs, pam.temperature, pam.clap.model_id) == (PAIRS, 2.0, str(clap_dir))
+    assert all(p.clap.device == CPU for p in (clap, clf, pam))
+    # every default lives once, in smart.py: a constructor parameter filled from a constant has no default of its
+    # own that could disagree with smart.py's, and smart.py's are the original's values
+    for cls in CLAP_CLASSES:
+        for name, parameter in inspect.signature(cls).parameters.items():
+            if name.upper() in config and parameter.default is not parameter.empty:
+                assert parameter.default == getattr(smart, name.upper()), (cls.__name__, name)
+    assert (smart.CLAP_MODEL, smart.CLAP_CLF_MODEL, smart.PAM_MODEL) == (
         "laion/larger_clap_music", "laion/larger_clap_general", "laion/larger_clap_general")
 
 
-def test_the_registry_and_preflight_know_the_clap_and_pam_rewards(clap_dir):
+def test_reward_discovery_and_the_config_checks_know_the_clap_and_pam_rewards(clap_dir):
     from smart_utils.preflight import check_config
 
-    assert REWARD_PROCESSORS["clap"] is CLAPPromptRewardProcessor
-    assert REWARD_PROCESSORS["clap_clf"] is CLAPZeroShotClassificationRewardProcessor
-    assert REWARD_PROCESSORS["pam_avg"] is REWARD_PROCESSORS["glitchless"] is PamRewardProcessor
+    defaults = smart_constants()
+    assert reward_class("clap", defaults) is CLAPPromptRewardProcessor
+    assert reward_class("clap_clf", defaults) is CLAPZeroShotClassificationRewardProcessor
+    assert reward_class("pam_avg", defaults) is reward_class("glitchless", defaults) is PamRewardProcessor
     mine = [{"shorthand": "calmness", "positive": "calm", "negative": "restless"}]
-    settings = RewardSettings(pam_prompts=tuple(mine))
-    assert reward_class("calmness", settings) is PamRewardProcessor and reward_class("calmness") is None
-    assert reward_class("glitchless", settings) is None  # a default pair this run does not have
+    with_mine = {**defaults, "PAM_PROMPTS": mine}
+    assert reward_class("calmness", with_mine) is PamRewardProcessor and reward_class("calmness", defaults) is None
+    assert reward_class("glitchless", with_mine) is None  # a default pair this run does not have
 
-    base = {**smart_constants(), "BASE_MODEL_PATH": str(ROOT / "models" / "piano-tiny"), "SOUNDFONT": "timgm6mb",
+    def problems_of(config: dict) -> list[str]:  # what smart.py checks before a run: the config, then its rewards
+        return check_config(config) + reward_problems(config["REWARD_WEIGHTS"], config)
+
+    base = {**defaults, "BASE_MODEL_PATH": str(ROOT / "models" / "piano-tiny"), "SOUNDFONT": "timgm6mb",
             "CLAP_MODEL": str(clap_dir), "CLAP_CLF_MODEL": str(clap_dir), "PAM_MODEL": str(clap_dir)}
     ok = {**base, "PAM_PROMPTS": mine, "REWARD_WEIGHTS": {"clap": 1.0, "clap_clf": 1.0, "calmness": 1.0,
                                                           "pam_avg": 1.0}}
-    assert check_config(ok) == []
-    problems = check_config({**ok, "REWARD_WEIGHTS": {"glitchless": 1.0}})
-    assert len(problems) == 1 and "['glitchless'], which no processor produces" in problems[0]
+    assert problems_of(ok) == []
+    problems = problems_of({**ok, "REWARD_WEIGHTS": {"glitchless": 1.0}})
+    assert len(problems) == 1 and "['glitchless'], which no processor writes" in problems[0]
     clash = [*mine, {"shorthand": "CE", "positive": "a", "negative": "b"}, mine[0]]
-    assert check_config({**ok, "PAM_PROMPTS": clash}) == [
-        "PAM_PROMPTS: shorthand 'CE' is another reward's name; rename it",
-        "PAM_PROMPTS: shorthand 'calmness' is used twice; rename it",
-    ]
-    problems = check_config({**ok, "CLAP_TEMPERATURE": 0, "CLAP_BATCH_SIZE": 0, "PAM_PROMPTS": [{"positive": "a"}]})
+    assert check_config({**ok, "PAM_PROMPTS": clash}) == ["PAM_PROMPTS: shorthand 'calmness' is used twice; rename it"]
+    # a shorthand that is another reward's name: two classes write it, and a run that weights it is refused
+    ambiguous, taken = reward_problems({"CE": 1.0, "calmness": 1.0}, {**ok, "PAM_PROMPTS": clash})
+    assert "'CE'" in ambiguous and "AudioBoxAesRewardProcessor" in ambiguous and "PamRewardProcessor" in ambiguous
+    assert "shorthand 'CE' is another reward's name" in taken
+    # weighting only PAM is refused too: its CE would overwrite the logged Audiobox CE of a run that scores both
+    assert reward_problems({"calmness": 1.0}, {**ok, "PAM_PROMPTS": clash}) == [taken]
+    problems = problems_of({**ok, "CLAP_TEMPERATURE": 0, "CLAP_BATCH_SIZE": 0, "PAM_PROMPTS": [{"positive": "a"}]})
     assert len(problems) == 4 and "CLAP_TEMPERATURE=0 must be > 0" in problems
 
 
@@ -235,19 +246,21 @@ def hub_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def test_the_hub_ids_load_offline_from_the_hf_cache(hub_env, clap_dir):
     script = (
         "import numpy as np, torch\n"
-        "from processors import CLAPPromptRewardProcessor, PamRewardProcessor\n"
-        "clap = CLAPPromptRewardProcessor(48000, 'jazz', 8, device=torch.device('cpu'))\n"
-        "pam = PamRewardProcessor(48000, [dict(shorthand='x', positive='a', negative='b')], 0.25)\n"
+        "from configurator import smart_constants\n"
+        "from processors import CLAPPromptRewardProcessor, PamRewardProcessor, build_processor\n"
+        "constants = {**smart_constants(), 'PAM_PROMPTS': [dict(shorthand='x', positive='a', negative='b')]}\n"
+        "clap = build_processor(CLAPPromptRewardProcessor, constants, torch.device('cpu'))\n"
+        "pam = build_processor(PamRewardProcessor, constants)\n"
         "audio = np.sin(np.arange(48000) / 10, dtype=np.float32)[None].repeat(2, 0)\n"
         "[record] = clap([dict(audio=audio, sample_rate=48000, normalized_rewards={}, errors=[])])\n"
-        "print(clap.model_id, pam.model_id, repr(record['clap_score_raw']))\n"
+        "print(clap.clap.model_id, pam.clap.model_id, repr(record['clap_score_raw']))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=hub_env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     music, general, raw = result.stdout.split()[-3:]
     assert (music, general) == ("laion/larger_clap_music", "laion/larger_clap_general")
-    local = CLAPPromptRewardProcessor(RATE, "jazz", 8, model_id=str(clap_dir), device=CPU)
+    local = CLAPPromptRewardProcessor(RATE, "jazz", 8, clap_model=str(clap_dir), device=CPU)
     audio = np.sin(np.arange(RATE) / 10, dtype=np.float32)[None].repeat(2, 0)
     [record] = local([dict(audio=audio, sample_rate=RATE, normalized_rewards={}, errors=[])])
     assert float(raw) == pytest.approx(record["clap_score_raw"], abs=1e-6)

@@ -1,4 +1,6 @@
-"""Overrides of a script's constants: config files, --KEY=value, type checks and errors."""
+"""Overrides of a script's constants: config files, --KEY=value, type checks and errors, and resuming a run."""
+
+import gc
 
 import pytest
 
@@ -50,3 +52,53 @@ def test_config_file_with_unknown_key_is_an_error(tmp_path):
     preset.write_text("STEP = 10\n")
     with pytest.raises(ConfigError, match="unknown setting 'STEP'"):
         apply_overrides(namespace(), [str(preset)])
+
+
+CONFIG_REWARD = '''
+from processors import Processor
+
+
+class ResumedConfigReward(Processor):
+    REWARDS = ("resumed_config_reward",)
+
+    def __call__(self, records):
+        return records
+
+
+REWARD_WEIGHTS = {"resumed_config_reward": 1.0}
+BETA = 0.5
+'''
+
+
+def test_resume_reruns_the_runs_copy_of_its_config_files_then_applies_the_saved_constants(tmp_path, monkeypatch):
+    """A run started with a config file that defines a reward keeps a copy of the file; --RESUME runs the copy
+    (so the reward's class exists again, even with the original file gone) and then the saved constants, so an
+    edit of the copy's constants changes nothing."""
+    import configurator
+    import processors
+    import smart
+    from smart_utils.run_folder import save_config, saved_config_files
+
+    monkeypatch.setattr(configurator, "CONFIG_NAMESPACES", [])  # this test's config namespaces end with it
+    plugin = tmp_path / "my_reward.py"
+    plugin.write_text(CONFIG_REWARD)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    started = {key: value for key, value in vars(smart).items() if key.isupper() or key == "__annotations__"}
+    config = apply_overrides(started, [str(plugin), "--BETA=0.25"])
+    save_config(run_dir, config, configurator.config_files([str(plugin), "--BETA=0.25"]))
+    [copy] = saved_config_files(run_dir)
+    assert copy == run_dir / "config_files" / "00-my_reward.py" and copy.read_text() == CONFIG_REWARD
+    plugin.unlink()  # the copy is what a resumed run reads
+    copy.write_text(CONFIG_REWARD.replace("BETA = 0.5", "BETA = 0.75"))
+    configurator.CONFIG_NAMESPACES.clear()  # as in the new process of a resumed run: the class is not defined
+    gc.collect()
+    assert processors.reward_class("resumed_config_reward", config) is None
+
+    fresh = {key: value for key, value in vars(smart).items() if key.isupper() or key == "__annotations__"}
+    resumed = configurator.resumed_config(fresh, [f"--RESUME={run_dir}"], str(run_dir))
+    assert resumed["REWARD_WEIGHTS"] == {"resumed_config_reward": 1.0} and resumed["BETA"] == fresh["BETA"] == 0.25
+    assert resumed["OUTPUT_DIR"] == fresh["OUTPUT_DIR"] == str(run_dir) and resumed["RESUME"] == str(run_dir)
+    cls = processors.reward_class("resumed_config_reward", resumed)
+    assert cls is not None and cls.__name__ == "ResumedConfigReward"
+    assert processors.reward_problems(resumed["REWARD_WEIGHTS"], resumed) == []

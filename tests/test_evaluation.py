@@ -16,7 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 import symusic
 
+import evaluation as evaluation_script
 from bench.standins import make_tiny_policy
+from configurator import smart_constants
 from smart_utils import evaluation
 from smart_utils.features import FEATURES
 from smart_utils.generation import GenerationSettings
@@ -25,6 +27,7 @@ from smart_utils.run_logs import read_run_logs
 from smart_utils.soundfont_sources import resolve_soundfont
 
 PAPER_COLUMNS = list(FEATURES)
+CONSTANTS = smart_constants()  # smart.py's defaults: how a tool without a run renders and builds rewards
 
 
 def write_folder(folder: Path, voices: int, count: int = 6, seed: int = 0) -> Path:
@@ -50,7 +53,7 @@ def linked_files(report: Path) -> list[str]:
 class FakeAudiobox:
     """Stands in for AudioBoxAesRewardProcessor: scores grow with the number of notes, so systems differ."""
 
-    def __init__(self, checkpoint):
+    def __init__(self, checkpoint, device=None):
         pass
 
     def __call__(self, records):
@@ -75,7 +78,7 @@ def cli_output(folders, tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--permutations", "999"]
     original, sys.argv = sys.argv, argv
     try:
-        evaluation.main()
+        evaluation_script.main()
     finally:
         sys.argv = original
     return out
@@ -118,7 +121,7 @@ def test_rewards_audiobox_and_soundfont_robustness(folders, tmp_path: Path, monk
     held_out = tmp_path / "same_font_other_name.sf2"
     shutil.copy(resolve_soundfont("timgm6mb"), held_out)
     report = evaluation.evaluate_systems(
-        {"mono": folders[0], "triads": folders[1]}, tmp_path / "out", audiobox=str(checkpoint),
+        {"mono": folders[0], "triads": folders[1]}, tmp_path / "out", constants=CONSTANTS, audiobox=str(checkpoint),
         reward_names=["note_density", "audio_activity"], robustness_soundfonts=[str(held_out)], permutations=99,
     )
     out = report.parent
@@ -136,8 +139,8 @@ def test_rewards_audiobox_and_soundfont_robustness(folders, tmp_path: Path, monk
 
 
 def test_a_missing_audiobox_checkpoint_is_skipped_with_the_reason(folders, tmp_path: Path):
-    report = evaluation.evaluate_systems({"mono": folders[0]}, tmp_path, audiobox=str(tmp_path / "nope.pt"),
-                                       permutations=9)
+    report = evaluation.evaluate_systems({"mono": folders[0]}, tmp_path, constants=CONSTANTS,
+                                         audiobox=str(tmp_path / "nope.pt"), permutations=9)
     assert "nope.pt does not exist" in (tmp_path / "summary.md").read_text()
     assert "CE" not in pd.read_csv(tmp_path / "features.csv").columns
     assert "## Differences" not in (tmp_path / "summary.md").read_text()  # one system: nothing to compare
@@ -146,7 +149,7 @@ def test_a_missing_audiobox_checkpoint_is_skipped_with_the_reason(folders, tmp_p
 
 def test_an_unknown_reward_is_refused_before_any_work(folders, tmp_path: Path):
     with pytest.raises(ValueError, match="unknown reward"):
-        evaluation.evaluate_systems({"mono": folders[0]}, tmp_path, reward_names=["loudness"])
+        evaluation.evaluate_systems({"mono": folders[0]}, tmp_path, constants=CONSTANTS, reward_names=["loudness"])
 
 
 def test_permutation_test_and_holm():
@@ -209,8 +212,8 @@ def test_same_model_same_prompts_gives_identical_samples_and_training_curves(tmp
 def test_generation_settings_reach_the_report(folders, tmp_path: Path):
     model = make_tiny_policy(tmp_path / "m")
     settings = GenerationSettings(n=2, max_new_tokens=16, seed=3)
-    evaluation.evaluate_systems({"model": model, "mono": folders[0]}, tmp_path / "out", generation=settings,
-                              soundfont=None, permutations=9)
+    evaluation.evaluate_systems({"model": model, "mono": folders[0]}, tmp_path / "out", constants=CONSTANTS,
+                                generation=settings, soundfont=None, permutations=9)
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "2 pieces, prompts 'procedural-no-starting-note', seed 3, 16 new tokens" in summary
     assert "**audio**: no soundfont given" in summary

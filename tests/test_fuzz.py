@@ -10,10 +10,9 @@ import symusic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import smart
 from bench import fuzz_rewards
 from processors import (
-    DEFAULT_MAX_AUDIO_SECONDS,
-    DEFAULT_SAMPLE_RATE,
     AudioActivityRewardProcessor,
     FilledBeatsRewardProcessor,
     MidiTokToSymusicProcessor,
@@ -21,11 +20,13 @@ from processors import (
     Processor,
     ScaleConsistencyReward,
     TinySoundfontSynthProcessor,
-    score_record,
 )
 from reward_manager import RewardManager
 from scores import make_score
+from smart_utils.records import score_record
 from smart_utils.tokenizer import default_remi
+
+SAMPLE_RATE, MAX_AUDIO_DURATION = smart.SAMPLE_RATE, smart.MAX_AUDIO_DURATION  # the real settings: 48 kHz, 10 s
 
 REMI = default_remi()
 VOCAB = len(REMI)
@@ -74,7 +75,8 @@ def weight_free_chain(output_dir, soundfont, sample_rate, seconds):
         processors=[
             MidiTokToSymusicProcessor(REMI, is_multitrack=False, max_beats=100),
             TinySoundfontSynthProcessor(soundfont, sample_rate, seconds),
-            ScaleConsistencyReward(), NoteDensityRewardProcessor(), FilledBeatsRewardProcessor(), AudioActivityRewardProcessor(),
+            ScaleConsistencyReward(), NoteDensityRewardProcessor(), FilledBeatsRewardProcessor(),
+            AudioActivityRewardProcessor(seconds),
         ],
         reward_weights=fuzz_rewards.WEIGHTS,
         output_dir=output_dir,
@@ -117,7 +119,7 @@ def test_any_token_sequence_gets_a_finite_reward_with_its_reason_logged(tmp_path
 def test_a_10000_note_chord_is_decoded_rendered_and_scored_without_a_fallback(tmp_path, soundfont):
     """At the real settings (48 kHz, 10 s), on one pitch and spread over the keyboard. What such a chord costs a
     reward step is a figure of bench/fuzz_rewards.py (its huge_chord generator), not a test."""
-    manager = weight_free_chain(tmp_path, soundfont, DEFAULT_SAMPLE_RATE, DEFAULT_MAX_AUDIO_SECONDS)
+    manager = weight_free_chain(tmp_path, soundfont, SAMPLE_RATE, MAX_AUDIO_DURATION)
     completions = [chord(10_000, 39, spread_pitches=False), chord(10_000, 0, spread_pitches=True)]
     manager(prompts=[""] * 2, completion_ids=completions, prompt_ids=[PROMPT_IDS] * 2)
     rows = pq.read_table(tmp_path / "rl_logs" / "0" / "logs.parquet").to_pylist()
@@ -140,12 +142,13 @@ def test_pathological_scores_render_at_most_10_s_and_score_in_bounds(soundfont, 
     tokenizer's could: the renderer stops at 10 s and the rewards still give finite values."""
     score = make_score(notes)
     records = [score_record(0, score)]
-    processors = (TinySoundfontSynthProcessor(soundfont, DEFAULT_SAMPLE_RATE), ScaleConsistencyReward(),
-                  NoteDensityRewardProcessor(), FilledBeatsRewardProcessor(), AudioActivityRewardProcessor())
+    processors = (TinySoundfontSynthProcessor(soundfont, SAMPLE_RATE, MAX_AUDIO_DURATION), ScaleConsistencyReward(),
+                  NoteDensityRewardProcessor(), FilledBeatsRewardProcessor(),
+                  AudioActivityRewardProcessor(MAX_AUDIO_DURATION))
     for processor in processors:
         processor(records)
     audio = records[0]["audio"]
-    assert audio.shape[1] <= DEFAULT_MAX_AUDIO_SECONDS * DEFAULT_SAMPLE_RATE and np.isfinite(audio).all()
+    assert audio.shape[1] <= MAX_AUDIO_DURATION * SAMPLE_RATE and np.isfinite(audio).all()
     assert all(0.0 <= v <= 1.0 for v in records[0]["normalized_rewards"].values())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,9 +10,12 @@ import pytest
 import soundfile
 import symusic
 
-from processors import DEFAULT_SAMPLE_RATE
-from smart_utils.generation import GenerationSettings, generate_pieces, read_samples_csv, resolve_model_dir
+import smart
+from smart_utils.generation import GenerationSettings, generate_pieces, read_samples_csv
+from smart_utils.model_paths import resolve_model_dir
 from smart_utils.prompts import build_prompts
+from smart_utils.rendering import RenderSettings
+from smart_utils.soundfont_sources import resolve_soundfont
 from smart_utils.tokenizer import default_remi
 
 SETTINGS = GenerationSettings(n=3, max_new_tokens=48, batch_size=2, seed=5)
@@ -33,17 +37,22 @@ def test_same_seed_same_pieces_other_seed_other_pieces(tiny_policy: Path, tmp_pa
     assert [p.read_bytes() for p in first] != [p.read_bytes() for p in other]
 
 
-def test_soundfont_adds_a_wav_per_piece(tiny_policy: Path, tmp_path: Path):
-    paths = generate_pieces(tiny_policy, tmp_path, GenerationSettings(n=2, max_new_tokens=48), soundfont="timgm6mb")
+def test_render_settings_add_a_wav_per_piece(tiny_policy: Path, tmp_path: Path):
+    """Rendered as smart.py renders for its reward (generate.py --soundfont passes smart.py's constants)."""
+    render = RenderSettings(resolve_soundfont("timgm6mb"), smart.SAMPLE_RATE, smart.MAX_AUDIO_DURATION)
+    paths = generate_pieces(tiny_policy, tmp_path, GenerationSettings(n=2, max_new_tokens=48), render)
     for path in paths:
         audio, rate = soundfile.read(path.with_suffix(".wav"))
-        assert rate == DEFAULT_SAMPLE_RATE and audio.shape[1] == 2 and len(audio) <= 10 * DEFAULT_SAMPLE_RATE
+        assert rate == smart.SAMPLE_RATE and audio.shape[1] == 2
+        assert len(audio) <= smart.MAX_AUDIO_DURATION * smart.SAMPLE_RATE
 
 
 def test_a_run_folder_stands_for_its_final_model_or_latest_checkpoint(tiny_policy: Path, tmp_path: Path):
     run = tmp_path / "run"
-    for step in (2, 10):
+    for step in (2, 10, 20):
         shutil.copytree(tiny_policy, run / f"checkpoint-{step}")
+    for step in (2, 10):  # the Trainer writes trainer_state.json last: checkpoint-20 was cut short
+        (run / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     assert resolve_model_dir(run) == run / "checkpoint-10"
     shutil.copy(tiny_policy / "model.safetensors", run / "model.safetensors")
     assert resolve_model_dir(run) == run

@@ -20,10 +20,12 @@ import pytest
 import torch
 
 from conftest import ROOT
-from processors import AudioBoxAesRewardProcessor, Processor, check_weight_names, load_aes_predictor
+from processors import AudioBoxAesRewardProcessor, Processor
 from reward_manager import ProcessorFailed, RewardManager
 from scores import make_score
+from smart_utils import audiobox as audiobox_module
 from smart_utils import devices, preflight, render_pool
+from smart_utils.audiobox import AUDIOBOX_BYTES_PER_CLIP, check_weight_names, load_aes_predictor
 from smart_utils.render_pool import RenderPool, cgroup_cpu_limit, default_render_workers
 from smart_utils.rendering import RenderSettings
 
@@ -265,12 +267,13 @@ def test_chunked_scores_equal_unchunked_and_run_without_tf32(audiobox, monkeypat
         forwards.append((args[0]["wav"].shape[0], torch.backends.cudnn.conv.fp32_precision,
                          torch.backends.cuda.matmul.fp32_precision))
 
-    hook = audiobox.aes_predictor.model.register_forward_pre_hook(record)
+    scorer = audiobox.scorer
+    hook = scorer.predictor.model.register_forward_pre_hook(record)
     try:
-        monkeypatch.setattr(audiobox, "batch_size", None)
-        whole = audiobox.batched_scores(clips, SAMPLE_RATE)
-        monkeypatch.setattr(audiobox, "batch_size", 2)
-        chunked = audiobox.batched_scores(clips, SAMPLE_RATE)
+        monkeypatch.setattr(scorer, "batch_size", None)
+        whole = scorer.batched_scores(clips, SAMPLE_RATE)
+        monkeypatch.setattr(scorer, "batch_size", 2)
+        chunked = scorer.batched_scores(clips, SAMPLE_RATE)
     finally:
         hook.remove()
     assert [size for size, _, _ in forwards] == [3, 2, 1]
@@ -280,17 +283,16 @@ def test_chunked_scores_equal_unchunked_and_run_without_tf32(audiobox, monkeypat
 
 
 def test_clips_per_forward_comes_from_the_constant_or_the_free_gpu_memory(audiobox, monkeypatch):
-    from processors import AUDIOBOX_BYTES_PER_CLIP
-
+    scorer = audiobox.scorer
     gpu = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * AUDIOBOX_BYTES_PER_CLIP, 80 * 2**30))
-    monkeypatch.setattr(audiobox, "batch_size", None)
-    assert audiobox.clips_per_forward(gpu) == 5  # half the free memory
-    assert audiobox.clips_per_forward(torch.device("cpu")) is None  # all at once, as before
-    monkeypatch.setattr(audiobox, "batch_size", 16)
-    assert audiobox.clips_per_forward(gpu) == 16
+    monkeypatch.setattr(scorer, "batch_size", None)
+    assert scorer.clips_per_forward(gpu) == 5  # half the free memory
+    assert scorer.clips_per_forward(torch.device("cpu")) is None  # all at once, as before
+    monkeypatch.setattr(scorer, "batch_size", 16)
+    assert scorer.clips_per_forward(gpu) == 16
     with pytest.raises(ValueError, match="batch_size=0"):
-        AudioBoxAesRewardProcessor(batch_size=0)
+        AudioBoxAesRewardProcessor(audiobox_batch_size=0)
 
 
 def test_exact_fp32_turns_tf32_off_and_restores_it_even_after_an_error(tf32_on):
@@ -304,7 +306,6 @@ def test_exact_fp32_turns_tf32_off_and_restores_it_even_after_an_error(tf32_on):
 def test_hub_weights_whose_names_do_not_fit_the_model_are_refused(monkeypatch, audiobox_checkpoint):
     from audiobox_aesthetics.model.aes import AesMultiOutput
 
-    import processors
     from bench.standins import AUDIOBOX_CONFIG
 
     layer = torch.nn.Linear(2, 2)
@@ -317,10 +318,10 @@ def test_hub_weights_whose_names_do_not_fit_the_model_are_refused(monkeypatch, a
     model = AesMultiOutput(**AUDIOBOX_CONFIG, target_transform=saved["target_transform"])
     names = set(model.state_dict())
     monkeypatch.setattr(AesMultiOutput, "from_pretrained", classmethod(lambda cls, repo_id: model))
-    monkeypatch.setattr(processors, "hub_weight_names", lambda repo_id: names - {"proj_layer.CE.0.weight"} | {"x"})
+    monkeypatch.setattr(audiobox_module, "hub_weight_names", lambda repo_id: names - {"proj_layer.CE.0.weight"} | {"x"})
     with pytest.raises(ValueError, match="the hub \\(facebook/audiobox-aesthetics\\) do not fit"):
         load_aes_predictor(None, torch.device("cpu"))
-    monkeypatch.setattr(processors, "hub_weight_names", lambda repo_id: names)
+    monkeypatch.setattr(audiobox_module, "hub_weight_names", lambda repo_id: names)
     assert load_aes_predictor(None, torch.device("cpu")).model is model
 
 

@@ -4,8 +4,10 @@ import pytest
 import symusic
 import torch
 
-from processors import GroupDiversityRewardProcessor, RewardSettings, completion_record, reward_processors_for
+from configurator import smart_constants
+from processors import GroupDiversityRewardProcessor, build_reward_processors, reward_class
 from scores import make_score
+from smart_utils.records import completion_record
 
 # One-note and two-note pieces whose descriptor distances are easy by hand: descriptor_distance is
 # 0.25 * (L1 of the pitch-class shares + L1 of the onset-in-beat shares).
@@ -96,14 +98,14 @@ def test_same_text_with_other_prompt_ids_is_another_prompt():
     assert all(record["errors"] for record in records)
 
 
-def test_built_from_smarts_constants_through_reward_processors_for():
+def test_built_from_smarts_constants_through_build_reward_processors():
     import smart
 
-    config = {name: value for name, value in vars(smart).items() if name.isupper()}
-    assert RewardSettings.from_config(config).num_generations == smart.NUM_GENERATIONS == 8
-    settings = RewardSettings.from_config({**config, "NUM_GENERATIONS": 4}, torch.device("cpu"))
-    assert isinstance(settings, RewardSettings) and settings.num_generations == 4
-    (processor,) = reward_processors_for({"group_diversity": 1.0}, settings)
+    config = smart_constants()
+    assert reward_class("group_diversity", config) is GroupDiversityRewardProcessor
+    (default,) = build_reward_processors(["group_diversity"], config)
+    assert default.num_generations == smart.NUM_GENERATIONS == 8
+    (processor,) = build_reward_processors(["group_diversity"], {**config, "NUM_GENERATIONS": 4}, torch.device("cpu"))
     assert isinstance(processor, GroupDiversityRewardProcessor) and processor.num_generations == 4
     records = processor(batch([(5, FOUR), (6, FOUR[::-1])]))
     values = [record["normalized_rewards"]["group_diversity"] for record in records]

@@ -94,7 +94,7 @@ def test_two_runs_compare_from_their_folders(hub_run, tmp_path):
     (other / "smart_config.json").write_text(json.dumps(config))
     changed = {key for key, _, _ in differences(run_dir, other)}
     assert changed == {"versions.trl", "soundfont.sha256", "config.BETA"}
-    result = subprocess.run([sys.executable, "run_record.py", str(run_dir), str(other)], cwd=ROOT,
+    result = subprocess.run([sys.executable, "compare_runs.py", str(run_dir), str(other)], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "versions.trl: '1.16.0' -> '0.16.1'" in result.stdout
 

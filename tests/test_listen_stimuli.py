@@ -17,7 +17,7 @@ import pytest
 import soundfile
 
 import listen
-from listen_helpers import write_pieces
+from listen_helpers import CONSTANTS, write_pieces
 from listening.stimuli import (
     GORILLA_CSV,
     MANIFEST,
@@ -45,7 +45,7 @@ def folder_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("listen_build")
     quiet = write_pieces(root / "quiet", [24, 24, 6], velocity=30)
     loud = write_pieces(root / "loud", [24, 24, 6], velocity=120, voices=4)
-    report = build_study({"quiet": str(quiet), "loud": str(loud)}, root / "study",
+    report = build_study({"quiet": str(quiet), "loud": str(loud)}, root / "study", constants=CONSTANTS,
                          generation=replace(STUDY_GENERATION, n=3), soundfont="timgm6mb")
     return root / "study", {"report": report, "manifest": json.loads((root / "study" / MANIFEST).read_text())}
 
@@ -120,7 +120,7 @@ def test_file_names_do_not_reveal_the_system(folder_study):
 def test_refuses_to_overwrite_a_study(folder_study, tmp_path: Path):
     study, _ = folder_study
     with pytest.raises(FileExistsError, match="not empty"):
-        build_study({"a": "x", "b": "y"}, study)
+        build_study({"a": "x", "b": "y"}, study, constants=CONSTANTS)
 
 
 def test_models_answer_the_same_prompts_with_the_same_seeds_and_retries_are_bounded(tiny_policy, tmp_path: Path):
@@ -145,13 +145,14 @@ def test_models_answer_the_same_prompts_with_the_same_seeds_and_retries_are_boun
 def test_audiobox_axes_are_scored_when_a_checkpoint_is_given(audiobox_checkpoint, tmp_path: Path):
     a = write_pieces(tmp_path / "a", [4], velocity=50)
     b = write_pieces(tmp_path / "b", [4], velocity=100, voices=3)
-    build_study({"a": str(a), "b": str(b)}, tmp_path / "study", generation=replace(STUDY_GENERATION, n=1),
-                soundfont="timgm6mb", audiobox=str(audiobox_checkpoint))
+    build_study({"a": str(a), "b": str(b)}, tmp_path / "study", constants=CONSTANTS,
+                generation=replace(STUDY_GENERATION, n=1), soundfont="timgm6mb", audiobox=str(audiobox_checkpoint))
     manifest = json.loads((tmp_path / "study" / MANIFEST).read_text())
     assert manifest["scores"]["audiobox_skipped"] is None
     for clip in manifest["clips"]:
         assert {"CE", "CU", "PC", "PQ"} <= set(clip["scores"])
         assert all(math.isfinite(clip["scores"][axis]) for axis in ("CE", "CU", "PC", "PQ"))
     with pytest.raises(ValueError, match="does not exist"):
-        build_study({"a": str(a), "b": str(b)}, tmp_path / "other", generation=replace(STUDY_GENERATION, n=1),
-                    soundfont="timgm6mb", audiobox=str(tmp_path / "missing.pt"))
+        build_study({"a": str(a), "b": str(b)}, tmp_path / "other", constants=CONSTANTS,
+                    generation=replace(STUDY_GENERATION, n=1), soundfont="timgm6mb",
+                    audiobox=str(tmp_path / "missing.pt"))

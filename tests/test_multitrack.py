@@ -14,20 +14,22 @@ import symusic
 
 import processors
 from bench.standins import make_tiny_multitrack_policy
+from configurator import smart_constants
 from conftest import ROOT
 from processors import (
     CustomTokenizerToSymusicProcessor,
     MidiTokToSymusicProcessor,
+    ProgramPromptAdherenceRewardProcessor,
     SymusicSynthProcessor,
     SymusicSynthUnavailable,
-)
-from scores import make_multitrack_score
-from smart_utils.multitrack import (
-    ProgramPromptAdherenceRewardProcessor,
     TrackIoURewardProcessor,
     TrackPromptAdherenceRewardProcessor,
-    resolve_is_multitrack,
+    build_reward_processors,
+    reward_class,
+    reward_owners,
 )
+from scores import make_multitrack_score
+from smart_utils.multitrack import resolve_is_multitrack
 from smart_utils.prompts import MAX_PROMPT_PROGRAMS, build_prompts, dataset_prompt_tokens
 from smart_utils.rendering import RenderSettings, SoundfontRenderer
 from smart_utils.tokenizer import default_remi, is_multitrack, load_tokenizers, multitrack_remi
@@ -87,11 +89,16 @@ def test_track_iou_reads_drums_both_ways_and_ends_the_head_at_track_none():
     assert record["normalized_rewards"]["programs_iou_tracks"] == 0.0 and len(record["errors"]) == 2
 
 
-def test_the_two_rewards_are_registered_under_two_names_and_run_together():
-    assert processors.REWARD_PROCESSORS["programs_iou"] is ProgramPromptAdherenceRewardProcessor
-    assert processors.REWARD_PROCESSORS["programs_iou_tracks"] is TrackIoURewardProcessor
-    assert processors.TrackPromptAdherenceRewardProcessor is TrackPromptAdherenceRewardProcessor
-    chain = processors.reward_processors_for({"programs_iou": 1.0, "programs_iou_tracks": 1.0})
+def test_the_two_rewards_are_found_under_two_names_and_run_together():
+    constants = smart_constants()
+    assert reward_class("programs_iou", constants) is ProgramPromptAdherenceRewardProcessor
+    assert reward_class("programs_iou_tracks", constants) is TrackIoURewardProcessor
+    # the original's class keeps its name but is found by none (its programs_iou is the token-set reward's)
+    assert TrackPromptAdherenceRewardProcessor.REWARDS == ()
+    assert reward_owners("programs_iou", constants) == [ProgramPromptAdherenceRewardProcessor]
+    chain = build_reward_processors(["programs_iou", "programs_iou_tracks"], constants)
+    assert [type(processor) for processor in chain] == [ProgramPromptAdherenceRewardProcessor,
+                                                        TrackIoURewardProcessor]
     piano = make_multitrack_score([(PIANO, False, BEAT_NOTES)])
     records = [token_record(["Program_0", "Program_33", "Bar_None", "Program_0"], piano)]
     for processor in chain:

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+import smart
 from bench.original import OriginalTinySoundfontRenderer
-from processors import DEFAULT_SAMPLE_RATE as SAMPLE_RATE
+from configurator import smart_constants
 from processors import (
     AudioActivityRewardProcessor,
     AudioBoxAesRewardProcessor,
@@ -14,12 +15,15 @@ from processors import (
     NoteDensityRewardProcessor,
     ScaleConsistencyReward,
     TinySoundfontSynthProcessor,
-    crop_score,
-    score_record,
-    score_seconds,
+    build_reward_processors,
+    reward_class,
 )
 from scores import make_score, random_scores
+from smart_utils.features import score_seconds
+from smart_utils.records import crop_score, score_record
 from smart_utils.tokenizer import default_remi
+
+SAMPLE_RATE, MAX_AUDIO_DURATION = smart.SAMPLE_RATE, smart.MAX_AUDIO_DURATION
 
 
 def records_of(scores):
@@ -87,7 +91,8 @@ def test_note_density_reward():
     two_per_beat = make_score([(i / 2, 0.5, 60, 80) for i in range(32)])  # 32 notes in 16 beats
     one_per_beat = make_score([(i, 1, 60, 80) for i in range(16)])
     late = make_score([(20 + i, 1, 60, 80) for i in range(16)])  # all after the 16-beat window
-    records = NoteDensityRewardProcessor(beats=16, target_notes_per_beat=2.0)(records_of([two_per_beat, one_per_beat, late]))
+    reward = NoteDensityRewardProcessor(beats=16, target_notes_per_beat=2.0)
+    records = reward(records_of([two_per_beat, one_per_beat, late]))
     assert [r["normalized_rewards"]["note_density"] for r in records] == pytest.approx([1.0, 0.5, 0.0])
 
 
@@ -106,7 +111,7 @@ def test_audio_activity_reward_on_synthetic_audio():
     half = tone.copy()
     half[5 * sr:] = 0
     short = tone[: sr]
-    records = AudioActivityRewardProcessor(max_audio_seconds=10)(
+    records = AudioActivityRewardProcessor(max_audio_duration=10)(
         [record(np.stack([tone, tone])), record(np.stack([half, half])), record(np.stack([short, short])),
          record(np.zeros((2, sr)))]
     )
@@ -115,7 +120,8 @@ def test_audio_activity_reward_on_synthetic_audio():
 
 
 def test_the_original_readme_custom_processor_example_runs(tmp_path, soundfont):
-    """The 'Adding New Rewards' example from erl-j/SMART's README, as written there."""
+    """The 'Adding New Rewards' example from erl-j/SMART's README, as written there but for the maximum duration
+    its TinySoundfontSynthProcessor call left out (README.md passes MAX_AUDIO_DURATION)."""
     from processors import Processor
     from reward_manager import RewardManager
 
@@ -130,11 +136,11 @@ def test_the_original_readme_custom_processor_example_runs(tmp_path, soundfont):
             return records
 
     tokenizer = default_remi()
-    SF_PATH, SAMPLE_RATE_, OUTPUT_DIR = soundfont, 48000, tmp_path
+    SF_PATH, SAMPLE_RATE_, MAX_AUDIO_DURATION_, OUTPUT_DIR = soundfont, 48000, 10, tmp_path
     reward_manager = RewardManager(
         processors=[
             MidiTokToSymusicProcessor(tokenizer, is_multitrack=False, max_beats=100),
-            TinySoundfontSynthProcessor(SF_PATH, SAMPLE_RATE_),
+            TinySoundfontSynthProcessor(SF_PATH, SAMPLE_RATE_, MAX_AUDIO_DURATION_),
             MyRewardProcessor(),
         ],
         reward_weights={"MY_REWARD": 0.5},
@@ -147,40 +153,45 @@ def test_the_original_readme_custom_processor_example_runs(tmp_path, soundfont):
     assert rewards == pytest.approx([0.3, 0.0])
 
 
-def test_a_registered_class_with_a_no_argument_constructor_is_built_by_the_registry(monkeypatch):
-    """The original README's registration, ``REWARD_PROCESSORS["MY_REWARD"] = MyRewardProcessor``, still builds."""
-    import processors
+def test_a_processor_subclass_naming_its_reward_is_found_and_built_with_no_registration():
+    """What replaced the original README's ``REWARD_PROCESSORS["MY_REWARD"] = MyRewardProcessor``: a ``Processor``
+    subclass with ``REWARDS = ("MY_REWARD",)``, defined anywhere (here, in a test), is found by that name and built
+    beside the project's own rewards, in definition order."""
+    from processors import Processor, known_rewards
 
-    class MyRewardProcessor:  # not even a Processor subclass: any class with a no-argument constructor
+    class MyRewardProcessor(Processor):  # a no-argument constructor: nothing to fill from the constants
+        REWARDS = ("MY_FOUND_REWARD",)  # a name no other test's class writes: classes outlive their test
+
         def __call__(self, records):
             return records
 
-    monkeypatch.setitem(processors.REWARD_PROCESSORS, "MY_REWARD", MyRewardProcessor)
-    built = processors.reward_processors_for({"MY_REWARD": 1.0, "note_density": 1.0})
+    constants = smart_constants()
+    assert reward_class("MY_FOUND_REWARD", constants) is MyRewardProcessor
+    assert "MY_FOUND_REWARD" in known_rewards(constants)
+    built = build_reward_processors(["MY_FOUND_REWARD", "note_density"], constants)
     assert [type(p) for p in built] == [NoteDensityRewardProcessor, MyRewardProcessor]
 
 
-def test_the_registry_builds_each_reward_from_the_run_settings(audiobox_checkpoint):
-    from processors import RewardSettings, reward_processors_for
-
-    settings = RewardSettings(audiobox_checkpoint=str(audiobox_checkpoint), audiobox_batch_size=3,
-                              device=torch.device("cpu"), max_audio_seconds=4)
-    audiobox, activity = reward_processors_for({"audio_activity": 1.0, "CE": 1.0, "PQ": 1.0}, settings)
-    assert isinstance(audiobox, AudioBoxAesRewardProcessor) and audiobox.batch_size == 3  # one for all four axes
-    assert audiobox.aes_predictor.device == torch.device("cpu")
-    assert isinstance(activity, AudioActivityRewardProcessor) and activity.max_audio_seconds == 4
+def test_each_reward_is_built_from_the_run_constants(audiobox_checkpoint):
+    constants = {**smart_constants(), "AUDIOBOX_CHECKPOINT": str(audiobox_checkpoint), "AUDIOBOX_BATCH_SIZE": 3,
+                 "MAX_AUDIO_DURATION": 4}
+    audiobox, activity = build_reward_processors(["audio_activity", "CE", "PQ"], constants, torch.device("cpu"))
+    assert isinstance(audiobox, AudioBoxAesRewardProcessor) and audiobox.scorer.batch_size == 3  # one for all axes
+    assert audiobox.scorer.predictor.device == torch.device("cpu")
+    assert isinstance(activity, AudioActivityRewardProcessor) and activity.max_audio_duration == 4
 
 
 def test_record_documents_every_key_the_chain_adds(soundfont):
-    from processors import Record, completion_record
     from reward_manager import RewardManager
+    from smart_utils.records import Record, completion_record
 
     tokenizer = default_remi()
     prompt_ids = [tokenizer.vocab[t] for t in ["Bar_None", "TimeSig_4/4", "Position_0", "Tempo_120.0"]]
     note = [tokenizer.vocab[t] for t in ("Pitch_60", "Velocity_63", "Duration_1.0.12")]
     records = [completion_record(0, "p", prompt_ids, note * 3)]
     for processor in (MidiTokToSymusicProcessor(tokenizer, is_multitrack=False, max_beats=100),
-                      TinySoundfontSynthProcessor(soundfont, SAMPLE_RATE), ScaleConsistencyReward()):
+                      TinySoundfontSynthProcessor(soundfont, SAMPLE_RATE, MAX_AUDIO_DURATION),
+                      ScaleConsistencyReward()):
         records = processor(records)
     records[0]["reward"] = RewardManager([], {"scale_consistency": 1.0}, ".").total_reward(records[0])
     assert set(records[0]) - set(Record.__annotations__) == set()

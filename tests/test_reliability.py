@@ -41,7 +41,8 @@ def good_args(tiny_policy, tmp_path, warm_smart_imports):
 # Each bad value -> the pieces its single message must contain: the constant and value, and the fix.
 PREFLIGHT_CASES = {
     "reward nobody produces": (["--REWARD_WEIGHTS={'CEE': 1.0}"],
-                               ["REWARD_WEIGHTS has ['CEE']", "known rewards:", "register it"]),
+                               ["REWARD_WEIGHTS has ['CEE']", "known rewards:",
+                                "a Processor subclass", "REWARDS = ('NAME',)"]),
     "weights sum to 0": (["--REWARD_WEIGHTS={'note_density': 0.0}"],
                          ["REWARD_WEIGHTS={'note_density': 0.0}", "sum to more than 0"]),
     "soundfont not found": (["--SOUNDFONT=nonexistent"], ["SOUNDFONT", "'nonexistent' not found", "To get it"]),
@@ -123,7 +124,7 @@ def test_audiobox_checkpoint_is_read_weights_only_whatever_torchs_default(monkey
     monkeypatch.setattr(torch, "load", spy)
     processor = AudioBoxAesRewardProcessor(str(audiobox_checkpoint))
     assert calls == [True]
-    assert not processor.aes_predictor.model.training
+    assert not processor.scorer.predictor.model.training
 
 
 def test_a_tampered_audiobox_checkpoint_is_refused_without_running_its_code(monkeypatch, tmp_path):

@@ -1,4 +1,5 @@
-"""RewardManager: weighted mean of normalised rewards, fallbacks for bad values, per-step artefacts, metrics."""
+"""RewardManager: weighted mean of normalised rewards, fallbacks for bad values, per-step artefacts, metrics, and the
+processors' contract (each one's return value is the next one's input)."""
 
 import math
 import threading
@@ -8,9 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile
 
-import reward_manager as reward_manager_module
 from processors import Processor
-from reward_manager import RewardManager
+from reward_manager import ProcessorContractError, RewardManager
 from scores import make_score
 
 
@@ -70,15 +70,17 @@ class BlockingWrites:
     def __init__(self):
         self.release = threading.Event()
         self.written = []
+        self.paths = []
 
     def __call__(self, path, *args, **kwargs):
         assert self.release.wait(timeout=10), "the test never released the writer"
         self.written.append(path.name)
+        self.paths.append(path)
 
 
 def test_wavs_are_written_in_the_background_and_wait_for_audio_waits_for_them(tmp_path, monkeypatch):
     writes = BlockingWrites()
-    monkeypatch.setattr(reward_manager_module.soundfile, "write", writes)
+    monkeypatch.setattr(soundfile, "write", writes)
     manager = RewardManager([FixedRewards([{"a": 0.2}] * 2)], {"a": 1.0}, tmp_path, audio_save_interval=1)
     assert call(manager, 2) == [0.2, 0.2]  # returned while the writer is still blocked
     assert writes.written == []
@@ -87,19 +89,35 @@ def test_wavs_are_written_in_the_background_and_wait_for_audio_waits_for_them(tm
     assert writes.written == ["reward=0.2000_0.wav", "reward=0.2000_1.wav"]
 
 
+def writer_threads() -> list[str]:
+    return sorted(thread.name for thread in threading.enumerate() if thread.name.startswith("wav-writer"))
+
+
 def test_an_audio_step_waits_for_the_previous_steps_wavs(tmp_path, monkeypatch):
     writes = BlockingWrites()
-    monkeypatch.setattr(reward_manager_module.soundfile, "write", writes)
+    monkeypatch.setattr(soundfile, "write", writes)
     manager = RewardManager([FixedRewards([{"a": 0.2}])], {"a": 1.0}, tmp_path, audio_save_interval=1)
     call(manager, 1)  # step 0: its writer blocks
-    second = threading.Thread(target=call, args=(manager, 1))
+    waiting, writers_seen = threading.Event(), []
+    real_wait = manager.wait_for_audio
+
+    def wait_for_audio():  # step 1's export, about to wait for step 0's writer: what is being written then
+        writers_seen.append(writer_threads())
+        waiting.set()
+        real_wait()
+
+    monkeypatch.setattr(manager, "wait_for_audio", wait_for_audio)
+    returned = threading.Event()
+    second = threading.Thread(target=lambda: (call(manager, 1), returned.set()))
     second.start()
-    second.join(timeout=0.5)
-    assert second.is_alive()  # step 1 waits: never more than one step of clips held for writing
+    assert waiting.wait(timeout=10), "step 1 never waited for step 0's WAVs"
+    # step 1 waits before it hands its own clips to a writer: never more than one step of clips held for writing
+    assert writers_seen == [["wav-writer-step-0"]] and not returned.is_set() and writes.written == []
     writes.release.set()
     second.join(timeout=10)
     manager.wait_for_audio()
-    assert not second.is_alive() and writes.written == ["reward=0.2000_0.wav"] * 2
+    assert returned.is_set() and writes.written == ["reward=0.2000_0.wav"] * 2
+    assert [path.parent.name for path in writes.paths] == ["0", "1"]
 
 
 def test_a_wav_that_cannot_be_written_is_reported_and_the_others_still_are(tmp_path, monkeypatch, capsys):
@@ -110,7 +128,7 @@ def test_a_wav_that_cannot_be_written_is_reported_and_the_others_still_are(tmp_p
             raise OSError("No space left on device")
         real_write(path, *args, **kwargs)
 
-    monkeypatch.setattr(reward_manager_module.soundfile, "write", fail_for_the_first)
+    monkeypatch.setattr(soundfile, "write", fail_for_the_first)
     manager = RewardManager([FixedRewards([{"a": 0.2}] * 2)], {"a": 1.0}, tmp_path, audio_save_interval=1)
     call(manager, 2)
     manager.wait_for_audio()
@@ -120,7 +138,8 @@ def test_a_wav_that_cannot_be_written_is_reported_and_the_others_still_are(tmp_p
 
 def test_ranks_write_separate_files(tmp_path):
     for rank in range(2):
-        manager = RewardManager([FixedRewards([{"a": 0.2}])], {"a": 1.0}, tmp_path, process_index=rank, num_processes=2)
+        manager = RewardManager([FixedRewards([{"a": 0.2}])], {"a": 1.0}, tmp_path, process_index=rank,
+                                num_processes=2)
         call(manager, 1)
     logs = sorted(p.name for p in (tmp_path / "rl_logs" / "0").iterdir())
     assert logs == ["logs.rank0.parquet", "logs.rank1.parquet"]
@@ -144,3 +163,61 @@ def test_a_step_where_no_record_got_a_reward_is_still_logged(tmp_path):
     assert call(manager, 1) == [0.0]
     rows = pq.read_table(tmp_path / "rl_logs" / "0" / "logs.parquet").to_pylist()
     assert len(rows) == 1 and rows[0]["reward"] == 0.0 and "broken on this record" in rows[0]["errors"]
+
+
+# --- the processors' contract: each one's return value is the next one's input ------------------------------------
+class ForgetsToReturn(Processor):
+    """Adds its reward and forgets ``return records``."""
+
+    def __call__(self, records):
+        for record in records:
+            record["normalized_rewards"]["a"] = 1.0
+
+
+class ReturnsTheWrongThing(Processor):
+    def __init__(self, make):
+        self.make = make
+
+    def __call__(self, records):
+        return self.make(records)
+
+
+@pytest.mark.parametrize("processor, what", [
+    (ForgetsToReturn(), "returned NoneType for 2 records"),
+    (ReturnsTheWrongThing(lambda records: records[:1]), "returned a list of 1 items for 2 records"),
+    (ReturnsTheWrongThing(lambda records: [r["idx"] for r in records]), "returned a list of 2 items for 2 records"),
+    (ReturnsTheWrongThing(tuple), "returned tuple for 2 records"),
+])
+def test_a_processor_that_does_not_return_its_records_fails_the_first_step_naming_it(tmp_path, processor, what):
+    manager = RewardManager([FixedRewards([{"a": 0.2}] * 2), processor], {"a": 1.0}, tmp_path)
+    with pytest.raises(ProcessorContractError) as raised:
+        call(manager, 2)
+    assert isinstance(raised.value, TypeError)
+    message = str(raised.value)
+    assert message.startswith(f"{type(processor).__name__}.__call__ {what}") and "return records" in message
+    assert not (tmp_path / "rl_logs").exists()  # no step is logged (nor trained on) with every reward lost
+
+
+class ReturnsNewRecords(Processor):
+    """Builds new records instead of adding to the ones it was given."""
+
+    def __call__(self, records):
+        return [{**record, "normalized_rewards": {"a": 0.1 * (record["idx"] + 1)}, "errors": []} for record in records]
+
+
+class Doubles(Processor):
+    """Reads what the previous processor returned."""
+
+    def __call__(self, records):
+        for record in records:
+            record["normalized_rewards"]["b"] = 2 * record["normalized_rewards"]["a"]
+        return records
+
+
+def test_the_records_a_processor_returns_are_what_the_next_one_and_the_reward_use(tmp_path):
+    manager = RewardManager([FixedRewards([{"a": 0.9}] * 2), ReturnsNewRecords(), Doubles()], {"a": 1.0, "b": 1.0},
+                            tmp_path)
+    assert call(manager, 2) == pytest.approx([(0.1 + 0.2) / 2, (0.2 + 0.4) / 2])
+    rows = pq.read_table(tmp_path / "rl_logs" / "0" / "logs.parquet").to_pylist()
+    assert [row["normalized_rewards"] for row in rows] == [pytest.approx({"a": 0.1, "b": 0.2}),
+                                                           pytest.approx({"a": 0.2, "b": 0.4})]

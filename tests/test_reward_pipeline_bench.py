@@ -1,8 +1,11 @@
 """bench/reward_pipeline.py keeps running offline: the original method and the project's pipeline agree on the
 same batch (its exit status says so), and it prints the lines the README's figures come from."""
 
+import re
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT
 
@@ -25,20 +28,41 @@ def test_the_reward_pipeline_bench_runs_and_the_pipelines_agree():
     [equality] = found["equality: "]
     assert "decoded scores identical: True;" in equality
     assert "max |audio (a) - (b)| 0.0e+00 (" in equality and "0.0e+00 (1 worker)" in equality  # README: "0.0"
+    # the avoided work: the project synthesises at most MAX_AUDIO_DURATION of each score, never more than (a)
+    [scores] = [text for text in lines if text.startswith("scores: ")]
+    original, project = (float(x) for x in re.search(r"original (\d+) s, project (\d+) s", scores).groups())
+    assert project <= original and project <= 64 * 10
+    # every stage of the table did work (a stage that returns at once prints 0.000), and the last line's speedup
+    # is the table's decode+render (a) / (b), as the README quotes it
+    table = {text.split("|")[0].strip(): [float(cell) for cell in text.split("|")[1:]]
+             for text in lines if text.startswith("  ") and text.count("|") == 3}
+    assert set(table) == {"decode", "render", "decode+render"} and all(v > 0 for row in table.values() for v in row)
     name, value = lines[-1].split(": ")
-    assert name == "speedup" and float(value) > 0
+    a, _, b = table["decode+render"]
+    assert name == "speedup" and float(value) == pytest.approx(a / b, rel=0.02, abs=0.01)
 
 
-def test_the_reward_cost_bench_times_every_registered_reward():
-    """bench/reward_costs.py (the README's cost column) builds and times every registered processor, and exits 0
-    only when each of their rewards is in [0, 1] for every clip."""
-    from processors import REWARD_PROCESSORS
+def test_the_reward_cost_bench_times_every_reward_processor():
+    """bench/reward_costs.py (the README's cost column) builds and times every processor class that writes a
+    reward, and exits 0 only when each of their rewards is in [0, 1] for every clip."""
+    import processors
+    from configurator import smart_constants
 
     result = subprocess.run([sys.executable, "bench/reward_costs.py", "--clips", "8", "--clap-size", "tiny"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "\n8 clips of " in result.stdout and "rewards outside [0, 1] or missing: none" in result.stdout
     rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| ") and "ms / clip" not in line]
-    timed = {cells[2].strip(): float(cells[4]) for cells in rows}
-    assert set(timed) == {cls.__name__ for cls in REWARD_PROCESSORS.values()} | {
-        "MidiTokToSymusicProcessor", "TinySoundfontSynthProcessor"}
-    assert all(seconds >= 0 for seconds in timed.values())
+    timed = {cells[2].strip(): (float(cells[3]), float(cells[4])) for cells in rows}
+    constants = smart_constants()
+    # the project's classes (a test's own Processor subclasses may still be listed in this process)
+    rewards = [cls for cls in processors.processor_classes()
+               if cls.__module__ == processors.__name__ and cls.reward_names(constants)]
+    assert set(timed) == {cls.__name__ for cls in rewards} | {"MidiTokToSymusicProcessor",
+                                                              "TinySoundfontSynthProcessor"}
+    for per_batch, per_clip in timed.values():  # the per-clip column is the batch's seconds over its 8 clips
+        assert per_clip == pytest.approx(1000 * per_batch / 8, abs=0.01 + 1000 * 0.0005 / 8)  # both rounded
+    # the processors that load weights really ran their models on the batch (a model forward takes milliseconds)
+    for cls in rewards:
+        if cls.models(constants):
+            assert timed[cls.__name__][0] >= 0.001, cls.__name__

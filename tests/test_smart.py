@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
+from processors import reward_problems
 from smart_utils import soundfont_sources as soundfonts
 from smart_utils.pam_prompts import PROMPT_PAIRS
 from smart_utils.preflight import check_config
@@ -126,9 +127,14 @@ def good_config(tiny_policy, audiobox_checkpoint):
         ({"PROMPT_SOURCE": "random"}, "PROMPT_SOURCE='random' is not one of"),
     ],
 )
-def test_preflight_names_the_constant_and_value(good_config, change, expected):
-    assert check_config(good_config) == []
-    problems = check_config({**good_config, **change})
+def test_the_config_checks_name_the_constant_and_value(good_config, change, expected):
+    """What smart.py checks before anything slow: preflight's check_config, then the rewards' reward_problems."""
+
+    def problems_of(config):
+        return check_config(config) + reward_problems(config["REWARD_WEIGHTS"], config)
+
+    assert problems_of(good_config) == []
+    problems = problems_of({**good_config, **change})
     assert len(problems) == 1 and expected in problems[0]
 
 
@@ -170,16 +176,19 @@ def test_two_grpo_steps_through_the_whole_chain(tmp_path, tiny_policy, audiobox_
     assert (run_dir / "eval" / "report.html").is_file()
 
 
-# A reward added without editing the project: a config file is Python, run before smart.py builds its chain.
+# A reward added without editing the project: a config file is Python, run before smart.py builds its chain, and
+# a Processor subclass it defines is found by the reward it names in REWARDS (no registry).
 REWARD_PLUGIN = '''
-import processors
+from processors import Processor
 from smart_utils.tokenizer import default_remi
 
 pitches = {token_id for token, token_id in default_remi().vocab.items() if token.startswith("Pitch_")}
 
 
-class PitchShareReward(processors.Processor):
+class PitchShareReward(Processor):
     """my_reward: the share of the completion's tokens that are note pitches."""
+
+    REWARDS = ("my_reward",)
 
     def __call__(self, records):
         for record in records:
@@ -188,12 +197,11 @@ class PitchShareReward(processors.Processor):
         return records
 
 
-processors.REWARD_PROCESSORS["my_reward"] = PitchShareReward
 REWARD_WEIGHTS = {"my_reward": 1.0}
 '''
 
 
-def test_a_reward_registered_in_a_config_file_trains_through_smart_py(tmp_path, tiny_policy):
+def test_a_reward_defined_in_a_config_file_trains_through_smart_py(tmp_path, tiny_policy):
     from smart_utils.tokenizer import default_remi
 
     plugin = tmp_path / "my_reward.py"
@@ -205,7 +213,11 @@ def test_a_reward_registered_in_a_config_file_trains_through_smart_py(tmp_path, 
         "--EVAL_SAMPLES=0", "--RENDER_WORKERS=1", f"--OUTPUT_DIR={run_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((run_dir / "smart_config.json").read_text())["config"]["REWARD_WEIGHTS"] == {"my_reward": 1.0}
+    saved = json.loads((run_dir / "smart_config.json").read_text())
+    assert saved["config"]["REWARD_WEIGHTS"] == {"my_reward": 1.0}
+    # the run keeps a copy of the config file, which --RESUME runs again to define the reward's class
+    assert saved["config_files"] == ["config_files/00-my_reward.py"]
+    assert (run_dir / "config_files" / "00-my_reward.py").read_text() == REWARD_PLUGIN
 
     pitches = {token_id for token, token_id in default_remi().vocab.items() if token.startswith("Pitch_")}
     for step in (0, 1):
