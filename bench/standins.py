@@ -6,7 +6,7 @@ they live here so that the tests import from bench/ and bench/ never imports fro
 - ``make_tiny_policy``: a small random Phi-3 with the project's REMI tokenizer, saved like the hub model.
 - ``make_tiny_multitrack_policy``: the same with the multi-track REMI tokenizer (Program tokens, one stream).
 - ``make_audiobox_checkpoint``: a random-weight Audiobox Aesthetics ``checkpoint.pt`` in the format
-  ``audiobox_aesthetics.infer.initialize_predictor(ckpt=...)`` loads (stack.md §C). Its head is perturbed so
+  ``audiobox_aesthetics.infer.initialize_predictor(ckpt=...)`` loads (tensors only). Its head is perturbed so
   that scores differ between clips (an untouched random model scores every clip the same).
 - ``make_hub_audiobox``: the same model as ``AesMultiOutput.save_pretrained`` writes the hub repo.
 - ``put_in_hf_cache``: a saved folder placed in a Hugging Face hub cache under a repo id, in the layout a download
@@ -36,7 +36,7 @@ AUDIOBOX_CONFIG = dict(
 )
 
 
-PAPER_POLICY_SIZE = dict(hidden_size=512, layers=4, heads=8, ffn_multiple=4)  # metamidipianophi3_4L (paper.md §1.2)
+PAPER_POLICY_SIZE = dict(hidden_size=512, layers=4, heads=8, ffn_multiple=4)  # metamidipianophi3_4L (docs/paper.md)
 
 
 def make_tiny_policy(
