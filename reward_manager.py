@@ -61,13 +61,13 @@ def checked_output(processor: Processor, given: list[Record], returned: Any) -> 
 def is_broken(failed: int, total: int) -> bool:
     """Whether ``failed`` of ``total`` records failing one processor means the processor, not the records, is bad.
 
-    More than half of the records, and at least 2. Bad records are rare: the processors handle garbage without
-    raising (tests/test_fuzz.py and bench/fuzz_rewards.py: 0 failures in 10,000 random token sequences), so an
-    exception is a bug hit by an unusual record, and even a bug that hits a whole GRPO group leaves the other
-    groups of the step training normally. More than half of a step failing is what a broken processor or device
-    looks like (a CUDA out-of-memory or device error fails every record), and at that point most groups would
-    have no signal. At least 2, so that a lone completion that fails (a batch of 1, or 1 of 2 or 3) keeps the
-    fallback: one record cannot tell a broken processor from a bad record.
+    More than half of the records, and at least 2. Bad records are rare: the processors handle garbage without raising
+    (tests/test_bench_fuzz_rewards.py and bench/fuzz_rewards.py: 0 failures in 10,000 random token sequences), so an
+    exception is a bug hit by an unusual record, and even a bug that hits a whole GRPO group leaves the other groups
+    of the step training normally. More than half of a step failing is what a broken processor or device looks like (a
+    CUDA out-of-memory or device error fails every record), and at that point most groups would have no signal. At
+    least 2, so that a lone completion that fails (a batch of 1, or 1 of 2 or 3) keeps the fallback: one record cannot
+    tell a broken processor from a bad record.
     """
     return failed >= 2 and 2 * failed > total
 

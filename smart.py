@@ -195,7 +195,7 @@ if __name__ == "__main__":
     from reward_manager import RewardManager
     from smart_utils.devices import bf16_native, compute_device, policy_init_kwargs, process_state
     from smart_utils.evaluation import evaluate_run
-    from smart_utils.multitrack import resolve_is_multitrack
+    from smart_utils.multitrack import checked_multitrack_setting
     from smart_utils.prompts import build_prompts
     from smart_utils.render_pool import default_render_workers
     from smart_utils.report import plot_training
@@ -247,7 +247,7 @@ if __name__ == "__main__":
     # --- prompts and the token bridge ---------------------------------------------------------------------------
     remi, bridge = load_tokenizers(BASE_MODEL_PATH)
     try:
-        is_multitrack = resolve_is_multitrack(IS_MULTITRACK, remi, REWARD_WEIGHTS)
+        is_multitrack = checked_multitrack_setting(IS_MULTITRACK, remi, REWARD_WEIGHTS)
     except ValueError as error:
         sys.exit(f"smart.py: {error}")
     num_prompts = NUM_PROMPTS or NUM_TRAIN_STEPS * BATCH_SIZE // NUM_GENERATIONS * 10

@@ -21,7 +21,7 @@ What it runs, each step the command (or the server) a real study uses:
    the planted features (and the fitted reward) base vs tuned are read from the run's eval/features.csv.
 
 The helpers (``write_contrast_pieces``, ``planted_quality``, ``simulate_listeners``) are shared with
-tests/test_listeners.py, which runs the same loop small.
+tests/test_listen.py, which runs the same loop small.
 """
 
 from __future__ import annotations

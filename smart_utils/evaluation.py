@@ -327,6 +327,7 @@ def evaluate_systems(
         skipped=skipped,
         robustness=robustness, main_soundfont=main_label,
         run_logs=read_run_logs(run) if run else None, trainer_log=read_trainer_log(run) if run else None,
+        same_prompts=all(is_model(str(source)) for source in systems.values()),
     )
     return write_report(evaluation, out, permutations)
 

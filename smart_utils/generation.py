@@ -27,7 +27,7 @@ from smart_utils.files import write_wav
 from smart_utils.model_paths import resolve_model_dir
 from smart_utils.prompts import PROMPT_SOURCES, build_prompts
 from smart_utils.rendering import RenderSettings
-from smart_utils.tokenizer import is_multitrack, load_tokenizers
+from smart_utils.tokenizer import load_tokenizers, writes_tracks_in_one_stream
 
 SAMPLES_FILE = "samples.csv"
 
@@ -103,7 +103,7 @@ def generate_pieces(
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False).to(device).eval()
     sequences = sample_completions(model, bridge, prompts, settings, device)
 
-    decoder = MidiTokToSymusicProcessor(remi, is_multitrack(remi), max_beats=settings.max_beats)
+    decoder = MidiTokToSymusicProcessor(remi, writes_tracks_in_one_stream(remi), max_beats=settings.max_beats)
     records = decoder([{"prompt_and_completion": ids} for ids in sequences])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

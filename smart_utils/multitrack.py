@@ -31,7 +31,7 @@ from collections.abc import Iterable
 import miditok
 import symusic
 
-from smart_utils.tokenizer import is_multitrack
+from smart_utils.tokenizer import writes_tracks_in_one_stream
 
 BAR = "Bar_None"
 TRACK = "Track_None"  # the original's own tokenizer's track separator
@@ -64,12 +64,13 @@ def iou(counts_a: Counter[str], counts_b: Counter[str]) -> float:
 PROGRAM_REWARDS = ("programs_iou", "programs_iou_tracks")
 
 
-def resolve_is_multitrack(setting: bool | None, tokenizer: miditok.MusicTokenizer, reward_names: Iterable[str]) -> bool:
+def checked_multitrack_setting(setting: bool | None, tokenizer: miditok.MusicTokenizer,
+                               reward_names: Iterable[str]) -> bool:
     """smart.py's IS_MULTITRACK checked against the model: ``None`` takes it from the tokenizer
-    (``smart_utils.tokenizer.is_multitrack``); a value that contradicts the tokenizer, or a program reward for a model
-    that writes no Program tokens, raises ``ValueError``. Either would otherwise decode every completion to an
-    empty score, or give every completion the same reward, without stopping the run."""
-    derived = is_multitrack(tokenizer)
+    (``smart_utils.tokenizer.writes_tracks_in_one_stream``); a value that contradicts the tokenizer, or a program
+    reward for a model that writes no Program tokens, raises ``ValueError``. Either would otherwise decode every
+    completion to an empty score, or give every completion the same reward, without stopping the run."""
+    derived = writes_tracks_in_one_stream(tokenizer)
     if setting is not None and setting != derived:
         kind = "several tracks in one stream" if derived else "one track (no Program tokens in one stream)"
         raise ValueError(f"IS_MULTITRACK={setting} but the model's tokenizer writes {kind}; use "

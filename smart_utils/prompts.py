@@ -10,8 +10,8 @@ with the processing class; ``smart_utils.tokenizer.MidiTokBridge`` maps each nam
 - ``dataset``: Bar, the first TimeSig and Tempo of a piece from a folder of MIDI files, Position_0: one prompt per
   piece for the first ``n`` pieces of a seeded shuffle, as the original's ``shuffle().select(range(n))``.
 
-For a multi-track tokenizer (``smart_utils.tokenizer.is_multitrack``) every prompt but BOS starts with a head of
-distinct ``Program_*`` tokens (the instruments asked for, ``Program_-1`` = drums) before its first Bar: 1 to
+For a multi-track tokenizer (``smart_utils.tokenizer.writes_tracks_in_one_stream``) every prompt but BOS starts with a
+head of distinct ``Program_*`` tokens (the instruments asked for, ``Program_-1`` = drums) before its first Bar: 1 to
 MAX_PROMPT_PROGRAMS random programs for the procedural sources, the piece's own (in order of first note) for dataset
 prompts, and the procedural starting note is played by the head's first program. The original's public smart.py only
 had piano prompts; its multi-track rewards (multitrack.py) read the prompt's programs from the tokens before the first
@@ -27,7 +27,7 @@ import miditok
 import symusic
 
 from smart_utils.files import list_midi_files
-from smart_utils.tokenizer import is_multitrack
+from smart_utils.tokenizer import writes_tracks_in_one_stream
 
 PROMPT_SOURCES = ("procedural", "procedural-no-starting-note", "no prompt", "dataset")
 MAX_PROMPT_PROGRAMS = 4  # instruments a procedural multi-track prompt asks for, at most
@@ -40,7 +40,7 @@ def tokens_of_kind(remi: miditok.MusicTokenizer, kind: str) -> list[str]:
 
 def _procedural(remi: miditok.MusicTokenizer, rng: random.Random, with_note: bool) -> list[str]:
     head = []  # no random draw for a piano tokenizer, so piano prompts stay what they were
-    if is_multitrack(remi):
+    if writes_tracks_in_one_stream(remi):
         head = rng.sample(tokens_of_kind(remi, "Program"), rng.randint(1, MAX_PROMPT_PROGRAMS))
     time_signature, tempo = rng.choice(tokens_of_kind(remi, "TimeSig")), rng.choice(tokens_of_kind(remi, "Tempo"))
     tokens = head + ["Bar_None", time_signature, "Position_0", tempo]
@@ -65,7 +65,8 @@ def dataset_prompt_tokens(remi: miditok.MusicTokenizer, midi_path: Path) -> list
     first = {kind: next((t for t in sequence if t.startswith(kind + "_")), None) for kind in ("TimeSig", "Tempo")}
     if first["TimeSig"] is None or first["Tempo"] is None:
         raise ValueError(f"dataset prompt: {midi_path} has no notes to take a time signature and tempo from")
-    head = list(dict.fromkeys(t for t in sequence if t.startswith("Program_"))) if is_multitrack(remi) else []
+    programs = dict.fromkeys(t for t in sequence if t.startswith("Program_"))
+    head = list(programs) if writes_tracks_in_one_stream(remi) else []
     return head + ["Bar_None", first["TimeSig"], "Position_0", first["Tempo"]]
 
 

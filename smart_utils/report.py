@@ -48,6 +48,7 @@ class Evaluation:
     main_soundfont: str | None = None  # label of the soundfont the main scores used
     run_logs: pd.DataFrame | None = None  # training samples: reward_step, reward, one column per reward
     trainer_log: pd.DataFrame | None = None  # the trainer's log history (step, kl, ...)
+    same_prompts: bool = False  # every system was sampled now, row k of each answering prompt k with seed k
 
     @property
     def systems(self) -> list[str]:
@@ -75,9 +76,9 @@ def mean_se(values: np.ndarray) -> tuple[float, float, int]:
 def permutation_p_value(a: np.ndarray, b: np.ndarray, permutations: int = 10_000, seed: int = 0) -> float:
     """Two-sided p-value of mean(b) - mean(a) under random relabelling of the pooled finite values (scipy's
     ``permutation_test``: exact when there are fewer relabellings than ``permutations``, else (count + 1) /
-    (permutations + 1), never 0). NaN when a side has no value."""
+    (permutations + 1), never 0). NaN when a side has fewer than two values: no relabelling test then."""
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if len(a) == 0 or len(b) == 0:
+    if len(a) < 2 or len(b) < 2:
         return math.nan
     result = scipy.stats.permutation_test(
         (a, b), lambda x, y, axis: np.mean(y, axis=axis) - np.mean(x, axis=axis), permutation_type="independent",
@@ -355,7 +356,8 @@ def write_summary(ev: Evaluation, out: Path, figures: dict[str, str], permutatio
 
 
 def listening_rows(ev: Evaluation) -> str:
-    """One row per sample position with an audio file; the systems side by side (same prompt and seed)."""
+    """One row per sample position with an audio file; the systems side by side (the same prompt and seed where
+    every system was sampled, else the k-th file of each folder)."""
     positions = {system: ev.table[ev.table.system == system].reset_index(drop=True) for system in ev.systems}
     count = max((int((rows.audio_file != "").sum()) for rows in positions.values()), default=0)
     shown = [c for c in ("note_count", *AES_AXES) if c in ev.table]
@@ -393,7 +395,9 @@ def write_html(ev: Evaluation, out: Path, figures: dict[str, str], permutations:
     listening = listening_rows(ev)
     if listening:
         head = "".join(f"<th>{html.escape(s)}</th>" for s in ev.systems)
-        parts.append(f"<h2>Listen</h2><p>Same row = same prompt and seed.</p>"
+        pairing = ("Same row = same prompt and seed." if ev.same_prompts else
+                   "Same row = the same position in each system's file order (MIDI folders are not paired by prompt).")
+        parts.append(f"<h2>Listen</h2><p>{pairing}</p>"
                      f"<table><tr><th>#</th><th>prompt</th>{head}</tr>{listening}</table>")
     for title, path in figures.items():
         parts.append(f"<h2>{html.escape(title)}</h2><img src=\"{html.escape(path)}\" alt=\"{html.escape(title)}\">")

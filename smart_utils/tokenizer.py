@@ -61,7 +61,7 @@ def multitrack_remi() -> miditok.REMI:
     return _remi(use_programs=True)
 
 
-def is_multitrack(remi: miditok.MusicTokenizer) -> bool:
+def writes_tracks_in_one_stream(remi: miditok.MusicTokenizer) -> bool:
     """Whether a tokenizer writes several tracks in one stream (Program tokens, ``one_token_stream``): its ids
     then decode as a 1-D sequence, where a single-track tokenizer takes (tracks, tokens), i.e. the original's
     ``is_multitrack`` switch of ``MidiTokToSymusicProcessor``. Multi-stream program tokenizers (one sequence per

@@ -41,3 +41,10 @@ def make_multitrack_score(tracks: list[tuple[int, bool, list[tuple[float, float,
         score.tracks.append(make_score(notes, tpq, qpm).tracks[0])
         score.tracks[-1].program, score.tracks[-1].is_drum = program, is_drum
     return score
+
+
+# Three 4/4 bars (in beats), every note starting and ending inside its bar, distinct pitches: a piece whose every
+# note is known, for the reward audit's changes and statistics.
+MELODY = [(0, 1, 60, 80), (1, 1, 64, 90), (2, 2, 67, 100),
+          (4, 0.5, 72, 70), (4.5, 0.5, 71, 75), (5, 1, 69, 60), (6, 2, 65, 85),
+          (8, 1, 62, 95), (8, 1, 55, 50), (9, 3, 58, 110)]

@@ -1,10 +1,14 @@
-"""Overrides of a script's constants: config files, --KEY=value, type checks and errors, and resuming a run."""
+"""configurator.py, the overrides of a script's constants: config files, --KEY=value, type checks and errors, and
+resuming a run; and the same errors from a real smart.py process: one line, no traceback, exit status not 0."""
 
 import gc
+import subprocess
+import sys
 
 import pytest
 
 from configurator import ConfigError, apply_overrides
+from conftest import ROOT
 
 
 def namespace():
@@ -52,6 +56,33 @@ def test_config_file_with_unknown_key_is_an_error(tmp_path):
     preset.write_text("STEP = 10\n")
     with pytest.raises(ConfigError, match="unknown setting 'STEP'"):
         apply_overrides(namespace(), [str(preset)])
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--BTEA=0.0"], ["--BTEA=0.0: unknown setting 'BTEA'", "did you mean BETA?"]),
+        (["--NUM_TRAIN_STEPS=ten"], ["NUM_TRAIN_STEPS='ten' has type str", "expects int (default 200)"]),
+        (["--REWARD_WEIGHTS=CE"], ["REWARD_WEIGHTS='CE' has type str", "expects dict (default {'CE': 1.0})"]),
+        (["--RESUME=/no/such/run"], ["RESUME='/no/such/run' has no smart_config.json", "give a run directory"]),
+        (["--RESUME=/no/such/run", "--BETA=0.0"], ["--RESUME continues a run with its saved config"]),
+    ],
+    ids=["unknown constant", "mistyped value", "mistyped dict", "resume nothing", "resume with overrides"],
+)
+def test_bad_flags_exit_nonzero_at_once_in_a_real_process(args, expected):
+    result = subprocess.run([sys.executable, "smart.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert all(piece in result.stderr for piece in expected), result.stderr
+
+
+def test_an_unknown_constant_in_a_config_file_is_named_with_the_file(tmp_path):
+    preset = tmp_path / "preset.py"
+    preset.write_text("NUM_TRAIN_STEP = 10\n")
+    result = subprocess.run([sys.executable, "smart.py", str(preset)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0 and f"{preset}: unknown setting 'NUM_TRAIN_STEP'" in result.stderr
+    assert "NUM_TRAIN_STEPS" in result.stderr  # the close match is listed
 
 
 CONFIG_REWARD = '''

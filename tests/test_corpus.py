@@ -1,4 +1,4 @@
-"""The music21 -> piano MIDI conversion: valid single-track scores, varied velocities, caps and resuming."""
+"""corpus.py, the music21 -> piano MIDI conversion: valid single-track scores, varied velocities, caps and resuming."""
 
 import json
 

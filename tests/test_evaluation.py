@@ -1,9 +1,10 @@
-"""evaluation.py and report.py on hand-made MIDI folders, a tiny random model and a fake run folder."""
+"""evaluation.py and smart_utils/evaluation.py on hand-made MIDI folders, a tiny random model and a fake run
+folder: the features table, the summary and the report page, the rewards and Audiobox, which models a run folder
+stands for, the end-of-run report, and the device every model is built on."""
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 import sys
@@ -15,14 +16,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import symusic
+import torch
 
 import evaluation as evaluation_script
 from bench.standins import make_tiny_policy
 from configurator import smart_constants
+from scores import make_score
 from smart_utils import evaluation
 from smart_utils.features import FEATURES
 from smart_utils.generation import GenerationSettings
-from smart_utils.report import holm, permutation_p_value
 from smart_utils.run_logs import read_run_logs
 from smart_utils.soundfont_sources import resolve_soundfont
 
@@ -112,6 +114,8 @@ def test_report_links_only_existing_files_and_has_a_player_per_listened_sample(c
     assert not any(link.startswith(("/", "http")) for link in links)  # works offline, from any folder
     assert report.read_text().count("<audio") == 2 * 3
     assert {"figures/features.png", "figures/piano_rolls.png"} <= set(links)
+    # two MIDI folders are paired by file order only, and the page says so instead of claiming shared prompts
+    assert "not paired by prompt" in report.read_text() and "same prompt and seed" not in report.read_text()
 
 
 def test_rewards_audiobox_and_soundfont_robustness(folders, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -150,16 +154,6 @@ def test_a_missing_audiobox_checkpoint_is_skipped_with_the_reason(folders, tmp_p
 def test_an_unknown_reward_is_refused_before_any_work(folders, tmp_path: Path):
     with pytest.raises(ValueError, match="unknown reward"):
         evaluation.evaluate_systems({"mono": folders[0]}, tmp_path, constants=CONSTANTS, reward_names=["loudness"])
-
-
-def test_permutation_test_and_holm():
-    rng = np.random.default_rng(0)
-    same = rng.normal(size=30)
-    assert permutation_p_value(same, same.copy(), permutations=199) > 0.5  # no difference: no evidence of one
-    shifted = permutation_p_value(rng.normal(size=30), rng.normal(3, 1, size=30), permutations=199)
-    assert shifted == pytest.approx(2 / 200)  # none as extreme: twice the smallest one-sided p, (0 + 1) / 200
-    assert math.isnan(permutation_p_value(np.array([np.nan]), same))
-    assert holm([0.01, 0.04, math.nan, 0.03]) == pytest.approx([0.03, 0.06, math.nan, 0.06], nan_ok=True)
 
 
 def fake_run(tmp_path: Path, model: Path) -> Path:
@@ -207,6 +201,7 @@ def test_same_model_same_prompts_gives_identical_samples_and_training_curves(tmp
     assert base.prompt.str.startswith("Bar_None TimeSig_").all()
     assert "figures/training.png" in linked_files(report)
     assert all((report.parent / link).is_file() for link in linked_files(report))
+    assert "Same row = same prompt and seed." in report.read_text()  # both systems sampled: truly paired
 
 
 def test_generation_settings_reach_the_report(folders, tmp_path: Path):
@@ -244,3 +239,53 @@ def test_the_end_of_run_report_renders_as_the_run_did(tmp_path: Path):
     assert (table.duration_seconds <= 3 * 60 / 40 + 1e-6).all()  # 3 beats at the slowest prompt tempo
     summary = (run / "eval" / "summary.md").read_text()
     assert "16000 Hz, at most 2 s" in summary and "recorded" in summary
+
+
+def test_an_interrupted_end_of_run_report_says_the_tuned_model_is_saved(monkeypatch, tmp_path, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate_systems", interrupted)
+    config = {**smart_constants(), "REWARD_WEIGHTS": {"note_density": 1.0}, "SOUNDFONT": "timgm6mb"}
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate_run(run, config, n=2)
+    said = capsys.readouterr().out
+    assert f"the tuned model is saved in {run}" in said and f"python evaluation.py {run}" in said
+
+
+def test_evaluate_systems_builds_every_model_on_the_device_it_was_given(monkeypatch, tmp_path):
+    from processors import Processor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the default would be cuda:0: it must not be used
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    got = {}
+
+    def generate(model, out_dir, settings, device=None):
+        got["sampling"] = device
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        make_score([(0, 1, 60, 80), (1, 1, 64, 80)]).dump_midi(str(Path(out_dir) / "0000.mid"))
+
+    class Audiobox(Processor):
+        def __init__(self, checkpoint=None, device=None, **kwargs):
+            got["audiobox"] = device
+
+        def __call__(self, records):
+            return records
+
+    def build(names, constants, device=None):
+        got["rewards"] = device
+        return []
+
+    monkeypatch.setattr(evaluation, "generate_pieces", generate)
+    monkeypatch.setattr(evaluation, "AudioBoxAesRewardProcessor", Audiobox)
+    monkeypatch.setattr(evaluation, "build_reward_processors", build)
+    monkeypatch.setattr(evaluation, "write_report", lambda result, out, permutations: out / "report.html")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_text("")  # a model system: its pieces are sampled
+    constants = {**smart_constants(), "MAX_AUDIO_DURATION": 1}
+    evaluation.evaluate_systems({"m": model}, tmp_path / "eval", constants=constants,
+                                generation=evaluation.GenerationSettings(n=1), audiobox="hub",
+                                reward_names=["note_density"], robustness_soundfonts=(), listen=0, device="cpu")
+    assert got == {"sampling": "cpu", "audiobox": torch.device("cpu"), "rewards": torch.device("cpu")}

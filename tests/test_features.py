@@ -1,4 +1,5 @@
-"""Every feature on hand-made scores whose answers are known by hand (muspy's definitions, see features.py)."""
+"""smart_utils/features.py: every feature on hand-made scores whose answers are known by hand (muspy's definitions,
+see features.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def test_feature_names_are_the_papers_columns():
     ]
 
 
-def test_c_major_scale():
+def test_every_feature_of_a_c_major_scale():
     values = F.compute_features(C_MAJOR_SCALE)
     assert values["note_count"] == 8
     assert values["scale_consistency"] == 1.0
@@ -130,7 +131,7 @@ def test_time_unit_does_not_change_features():
     assert F.compute_features(C_MAJOR_SCALE.to("second")) == pytest.approx(ticks)
 
 
-def test_histograms():
+def test_pitch_and_velocity_histograms_count_each_note_once():
     pitches = F.pitch_histogram(C_MAJOR_SCALE)
     assert pitches.shape == (128,) and pitches[60] == 1 and pitches[61] == 0 and pitches.sum() == 8
     velocities = F.velocity_histogram(C_MAJOR_SCALE)

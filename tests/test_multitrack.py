@@ -1,5 +1,6 @@
-"""Multi-track models: the program-adherence rewards, decoding and rendering several tracks, multi-track prompts,
-the original's other decode and render stages, and smart.py end to end with a multi-track stand-in."""
+"""Multi-track models: smart_utils/multitrack.py (is the model multi-track?), the program-adherence rewards
+(processors.py), decoding and rendering several tracks, multi-track prompts, and smart.py end to end with a
+multi-track stand-in."""
 
 from __future__ import annotations
 
@@ -12,16 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import symusic
 
-import processors
 from bench.standins import make_tiny_multitrack_policy
 from configurator import smart_constants
 from conftest import ROOT
 from processors import (
-    CustomTokenizerToSymusicProcessor,
     MidiTokToSymusicProcessor,
     ProgramPromptAdherenceRewardProcessor,
-    SymusicSynthProcessor,
-    SymusicSynthUnavailable,
     TrackIoURewardProcessor,
     TrackPromptAdherenceRewardProcessor,
     build_reward_processors,
@@ -29,10 +26,10 @@ from processors import (
     reward_owners,
 )
 from scores import make_multitrack_score
-from smart_utils.multitrack import resolve_is_multitrack
+from smart_utils.multitrack import checked_multitrack_setting
 from smart_utils.prompts import MAX_PROMPT_PROGRAMS, build_prompts, dataset_prompt_tokens
 from smart_utils.rendering import RenderSettings, SoundfontRenderer
-from smart_utils.tokenizer import default_remi, is_multitrack, load_tokenizers, multitrack_remi
+from smart_utils.tokenizer import default_remi, load_tokenizers, multitrack_remi, writes_tracks_in_one_stream
 
 PIANO, BASS, DRUMS = 0, 33, -1  # GM programs; -1 is miditok's drums
 BEAT_NOTES = [(beat, 0.5, 40 + beat, 100) for beat in range(4)]  # four short notes: pitches 40-43
@@ -45,7 +42,7 @@ def token_record(tokens: list[str], score: symusic.Score | None = None) -> dict:
             "errors": []}
 
 
-# --- the adherence rewards, on hand-built token streams --------------------------------------------------------
+# --- the adherence rewards, on hand-built token streams ---------------------------------------------------------------
 
 
 def test_programs_iou_is_the_token_set_iou_before_and_after_the_first_bar():
@@ -106,22 +103,22 @@ def test_the_two_rewards_are_found_under_two_names_and_run_together():
     assert records[0]["normalized_rewards"] == {"programs_iou": 0.5, "programs_iou_tracks": 0.5}
 
 
-def test_is_multitrack_comes_from_the_tokenizer_and_a_contradiction_stops_the_run():
-    assert resolve_is_multitrack(None, multitrack_remi(), ["programs_iou"]) is True
-    assert resolve_is_multitrack(None, default_remi(), ["CE"]) is False
+def test_the_multitrack_setting_comes_from_the_tokenizer_and_a_contradiction_stops_the_run():
+    assert checked_multitrack_setting(None, multitrack_remi(), ["programs_iou"]) is True
+    assert checked_multitrack_setting(None, default_remi(), ["CE"]) is False
     with pytest.raises(ValueError, match="IS_MULTITRACK=True but the model's tokenizer writes one track"):
-        resolve_is_multitrack(True, default_remi(), ["CE"])
+        checked_multitrack_setting(True, default_remi(), ["CE"])
     with pytest.raises(ValueError, match="REWARD_WEIGHTS has \\['programs_iou'\\]"):
-        resolve_is_multitrack(None, default_remi(), ["programs_iou", "CE"])
+        checked_multitrack_setting(None, default_remi(), ["programs_iou", "CE"])
 
 
-# --- decoding, rendering, prompts ------------------------------------------------------------------------------
+# --- decoding, rendering, prompts -------------------------------------------------------------------------------------
 
 
 def test_a_one_stream_programs_tokenizer_decodes_to_one_track_per_program(tmp_path):
     remi = multitrack_remi()
     remi.save(tmp_path)
-    assert is_multitrack(load_tokenizers(str(tmp_path))[0])  # the saved tokenizer.json keeps its programs
+    assert writes_tracks_in_one_stream(load_tokenizers(str(tmp_path))[0])  # the saved tokenizer.json keeps its programs
     ids = remi.encode(make_multitrack_score(THREE_TRACKS)).ids
     record = MidiTokToSymusicProcessor(remi, is_multitrack=True, max_beats=100)([{"prompt_and_completion": ids,
                                                                                    "errors": []}])[0]
@@ -169,67 +166,7 @@ def test_multitrack_prompts_ask_for_programs_before_the_first_bar(tmp_path):
     assert dataset_prompt_tokens(remi, piece)[:3] == ["Program_-1", "Program_33", "Bar_None"]
 
 
-# --- the original's other decode and render stages -------------------------------------------------------------
-
-
-class WordTokenizer:
-    """The interface CustomTokenizerToSymusicProcessor expects: ids <-> words, words -> score."""
-
-    words = ["note", "rest"]
-
-    def ids_to_tokens(self, ids: list[int]) -> list[str]:
-        return [self.words[i] for i in ids]
-
-    def tokens_to_midi(self, tokens: list[str]) -> symusic.Score:
-        return make_multitrack_score([(PIANO, False, [(b, 1, 60, 90) for b, t in enumerate(tokens) if t == "note"])])
-
-
-def test_custom_tokenizer_decoder_crops_and_falls_back_to_an_empty_4_4_score():
-    decoder = CustomTokenizerToSymusicProcessor(WordTokenizer(), max_beats=2)
-    good, bad = decoder([{"prompt_and_completion": [0, 1, 0, 0], "errors": []},
-                         {"prompt_and_completion": [0, 7], "errors": []}])
-    assert good["prompt_and_completion_tokens"] == ["note", "rest", "note", "note"]
-    assert good["sm"].note_num() == 1 and good["sm_duration"] == pytest.approx(0.5)  # cropped to 2 beats
-    assert bad["sm"].note_num() == 0 and bad["sm"].ticks_per_quarter == 24 and "IndexError" in bad["errors"][0]
-    assert bad["sm"].time_signatures[0].time == 0 and bad["sm"].tempos[0].qpm == pytest.approx(120)
-
-
-def test_symusic_synth_refuses_at_construction_where_symusic_cannot_render(soundfont):
-    try:
-        symusic.Synthesizer(soundfont, 22050).render(processors.probe_score(), stereo=True)
-    except TypeError:  # symusic 0.6.0, as installed: the synth's audio cannot reach Python
-        with pytest.raises(SymusicSynthUnavailable, match="use TinySoundfontSynthProcessor"):
-            SymusicSynthProcessor(soundfont, 22050, 10)
-    else:
-        assert SymusicSynthProcessor(soundfont, 22050, 10)([]) == []
-
-
-class FakeSynthesizer:
-    """symusic.Synthesizer as 0.5.9 behaves: (2, N) float32, here a ramp of 3 s at every rate."""
-
-    def __init__(self, sf_path: str, sample_rate: int):
-        self.sample_rate = sample_rate
-
-    def render(self, score: symusic.Score, stereo: bool = True) -> np.ndarray:
-        ramp = np.linspace(-0.5, 0.25, 3 * self.sample_rate, dtype=np.float32)
-        return np.stack([ramp, ramp / 2])
-
-
-def test_symusic_synth_cuts_and_divides_by_the_peak_where_the_original_added_1e6(monkeypatch):
-    monkeypatch.setattr(symusic, "Synthesizer", FakeSynthesizer)
-    synth = SymusicSynthProcessor("any.sf2", 100, max_duration_seconds=2)
-    piano = make_multitrack_score([(PIANO, False, BEAT_NOTES)])
-    long, short, empty = synth([{"sm": piano, "sm_duration": 9.0, "errors": []},
-                                {"sm": piano, "sm_duration": 1.5, "errors": []},
-                                {"sm": symusic.Score(12), "sm_duration": 0.0, "errors": []}])
-    assert long["audio"].shape == (2, 200) and short["audio"].shape == (2, 150) and empty["audio"].shape == (2, 100)
-    raw = FakeSynthesizer("", 100).render(piano)[:, :150]
-    np.testing.assert_allclose(short["audio"], raw / (0.5 + 1e-6), rtol=1e-6)
-    assert np.abs(short["audio"]).max() == pytest.approx(1.0, abs=1e-5) and not empty["audio"].any()
-    assert short["audio_duration"] == 1.5 and short["sample_rate"] == 100
-
-
-# --- smart.py end to end ---------------------------------------------------------------------------------------
+# --- smart.py end to end ----------------------------------------------------------------------------------------------
 
 
 def test_two_grpo_steps_of_a_multitrack_model_on_programs_iou(tmp_path):
@@ -254,4 +191,4 @@ def test_two_grpo_steps_of_a_multitrack_model_on_programs_iou(tmp_path):
             first = int(tokens[0].removeprefix("Program_"))
             midi = symusic.Score(str(next((run_dir / "midi" / str(step)).glob(f"*_{row['idx']}.mid"))))
             assert any(t.note_num() and (t.is_drum if first == -1 else t.program == first) for t in midi.tracks)
-    assert (run_dir / "model.safetensors").is_file() and is_multitrack(load_tokenizers(str(run_dir))[0])
+    assert (run_dir / "model.safetensors").is_file() and writes_tracks_in_one_stream(load_tokenizers(str(run_dir))[0])

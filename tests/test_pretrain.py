@@ -1,4 +1,5 @@
-"""Pretraining on a folder of MIDI: piano-only tokenization, piece split, crops, learning, best checkpoint."""
+"""pretrain.py, pretraining on a folder of MIDI: piano-only tokenization, piece split, crops, learning, best
+checkpoint."""
 
 import json
 

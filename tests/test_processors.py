@@ -1,26 +1,38 @@
-"""The processor chain: decode, render (equal to the original method), Audiobox scores, weight-free rewards."""
+"""processors.py, the processor chain: decode, render (equal to the original method), Audiobox scores, the
+weight-free rewards, group_diversity, the original's other decode and render stages (a custom tokenizer, symusic's
+synthesizer), and how a reward is found by its name and built from the run's constants.
+
+The multi-track processors are test_multitrack.py's, the CLAP rewards test_clap.py's, the listeners reward
+test_listen.py's; the Audiobox scorer's batching and loading are test_audiobox.py's.
+"""
 
 import numpy as np
 import pytest
+import symusic
 import torch
 
+import processors
 import smart
 from bench.original import OriginalTinySoundfontRenderer
 from configurator import smart_constants
 from processors import (
     AudioActivityRewardProcessor,
     AudioBoxAesRewardProcessor,
+    CustomTokenizerToSymusicProcessor,
     FilledBeatsRewardProcessor,
+    GroupDiversityRewardProcessor,
     MidiTokToSymusicProcessor,
     NoteDensityRewardProcessor,
     ScaleConsistencyReward,
+    SymusicSynthProcessor,
+    SymusicSynthUnavailable,
     TinySoundfontSynthProcessor,
     build_reward_processors,
     reward_class,
 )
-from scores import make_score, random_scores
+from scores import make_multitrack_score, make_score, random_scores
 from smart_utils.features import score_seconds
-from smart_utils.records import crop_score, score_record
+from smart_utils.records import completion_record, crop_score, score_record
 from smart_utils.tokenizer import default_remi
 
 SAMPLE_RATE, MAX_AUDIO_DURATION = smart.SAMPLE_RATE, smart.MAX_AUDIO_DURATION
@@ -87,7 +99,7 @@ def test_scale_consistency_reward_follows_the_original():
     assert [r["normalized_rewards"]["scale_consistency"] for r in records] == pytest.approx([1.0, 7 / 12, 1.0])
 
 
-def test_note_density_reward():
+def test_note_density_is_notes_per_beat_in_the_first_beats_over_the_target():
     two_per_beat = make_score([(i / 2, 0.5, 60, 80) for i in range(32)])  # 32 notes in 16 beats
     one_per_beat = make_score([(i, 1, 60, 80) for i in range(16)])
     late = make_score([(20 + i, 1, 60, 80) for i in range(16)])  # all after the 16-beat window
@@ -96,14 +108,14 @@ def test_note_density_reward():
     assert [r["normalized_rewards"]["note_density"] for r in records] == pytest.approx([1.0, 0.5, 0.0])
 
 
-def test_filled_beats_reward():
+def test_filled_beats_is_the_share_of_beats_in_which_a_note_sounds():
     three_of_four = make_score([(0, 0.5, 60, 80), (1, 0.5, 62, 80), (3, 0.5, 64, 80)])  # beat 2 is silent
     full = make_score([(0, 4, 60, 80)])
     records = FilledBeatsRewardProcessor()(records_of([three_of_four, full, make_score([])]))
     assert [r["normalized_rewards"]["filled_beats"] for r in records] == pytest.approx([0.75, 1.0, 0.0])
 
 
-def test_audio_activity_reward_on_synthetic_audio():
+def test_audio_activity_is_the_audible_share_of_the_max_duration():
     sr = 1000
     def record(audio):
         return {"audio": audio.astype(np.float32), "sample_rate": sr, "normalized_rewards": {}}
@@ -196,3 +208,169 @@ def test_record_documents_every_key_the_chain_adds(soundfont):
     records[0]["reward"] = RewardManager([], {"scale_consistency": 1.0}, ".").total_reward(records[0])
     assert set(records[0]) - set(Record.__annotations__) == set()
     assert set(score_record(0, make_score([]))) <= set(Record.__annotations__)
+
+
+# --- group_diversity: each completion's mean style distance to the other completions of its GRPO group ----------------
+# One-note and two-note pieces whose descriptor distances are easy by hand: descriptor_distance is
+# 0.25 * (L1 of the pitch-class shares + L1 of the onset-in-beat shares).
+C_ON_BEAT = make_score([(0, 1, 60, 80)])
+D_ON_BEAT = make_score([(0, 1, 62, 80)])  # other pitch class: 0.25 * 2 = 0.5 from C_ON_BEAT
+C_OFF_BEAT = make_score([(0.5, 1, 60, 80)])  # other onset: 0.5 from C_ON_BEAT, 1.0 from D_ON_BEAT
+C_AND_D = make_score([(0, 1, 60, 80), (0, 1, 62, 80)])  # half C, half D: 0.25 from both on-beat notes, 0.75 off
+EMPTY = symusic.Score(12)
+# Each piece's mean distance to the three others in the group (C_ON_BEAT, D_ON_BEAT, C_OFF_BEAT, C_AND_D).
+HAND = [(0.5 + 0.5 + 0.25) / 3, (0.5 + 1.0 + 0.25) / 3, (0.5 + 1.0 + 0.75) / 3, (0.25 + 0.25 + 0.75) / 3]
+FOUR = [C_ON_BEAT, D_ON_BEAT, C_OFF_BEAT, C_AND_D]
+
+
+def batch_of(groups: list[tuple[int, list[symusic.Score]]]) -> list[dict]:
+    """Records as RewardManager makes them, decoded: (prompt token, pieces) per group, groups in batch order."""
+    records = []
+    for prompt_token, pieces in groups:
+        for score in pieces:
+            record = completion_record(len(records), f"prompt {prompt_token}", [1, prompt_token], [7, 8, 9])
+            record["sm"] = score
+            records.append(record)
+    return records
+
+
+def diversities(records: list[dict], num_generations: int) -> list[float]:
+    GroupDiversityRewardProcessor(num_generations)(records)
+    return [record["normalized_rewards"]["group_diversity"] for record in records]
+
+
+def test_group_diversity_of_identical_completions_is_zero():
+    records = batch_of([(5, [C_AND_D] * 8)])
+    assert diversities(records, 8) == [0.0] * 8
+    assert all(record["errors"] == [] for record in records)
+
+
+def test_group_diversity_is_the_hand_computed_distance_and_groups_do_not_leak():
+    """Two groups of 4: the first has the hand-computed values, the second (all alike) zeros; had the batch been
+    one group, the alike pieces would differ from the first group's."""
+    records = batch_of([(5, FOUR), (6, [C_ON_BEAT] * 4)])
+    assert diversities(records, 4) == pytest.approx(HAND + [0.0] * 4, abs=1e-12)
+    assert all(record["errors"] == [] for record in records)
+
+    changed = batch_of([(5, FOUR), (6, [C_AND_D, EMPTY, D_ON_BEAT, C_OFF_BEAT])])
+    assert diversities(changed, 4)[:4] == pytest.approx(HAND, abs=1e-12)
+
+
+def test_group_diversity_mean_is_evaluations_mean_pairwise_distance():
+    from smart_utils.features import mean_pairwise_distance
+
+    values = diversities(batch_of([(5, FOUR)]), 4)
+    assert sum(values) / 4 == pytest.approx(mean_pairwise_distance(FOUR), abs=1e-12)
+
+
+def test_group_diversity_of_note_less_completions_is_zero_and_they_add_none_to_others():
+    """An empty piece gets 0 and, as a partner, distance 0: replacing two pieces by empty ones lowers the others'
+    rewards (1.25/3 -> 0.5/3 for C_ON_BEAT), so a policy cannot raise its reward by writing nothing."""
+    values = diversities(batch_of([(5, [C_ON_BEAT, D_ON_BEAT, EMPTY, EMPTY])]), 4)
+    assert values == pytest.approx([0.5 / 3, 0.5 / 3, 0.0, 0.0], abs=1e-12)
+    assert diversities(batch_of([(5, [EMPTY] * 4)]), 4) == [0.0] * 4
+
+
+def test_group_diversity_groups_mixed_prompts_by_prompt_and_says_so(capsys):
+    """Blocks of 4 that mix two prompts (a group split across ranks): grouped by prompt, noted in every record."""
+    interleaved = [rec for pair in zip(batch_of([(5, FOUR)]), batch_of([(6, [C_ON_BEAT] * 4)])) for rec in pair]
+    reward = GroupDiversityRewardProcessor(4)
+    reward(interleaved)
+    values = [record["normalized_rewards"]["group_diversity"] for record in interleaved]
+    assert values[0::2] == pytest.approx(HAND, abs=1e-12) and values[1::2] == [0.0] * 4
+    assert all(len(record["errors"]) == 1 and "grouped by identical prompt instead (2 groups)" in record["errors"][0]
+               for record in interleaved)
+    reward(batch_of([(5, FOUR[:3])]))  # the console warning comes once per processor
+    assert capsys.readouterr().out.count("[group_diversity] warning") == 1
+
+
+def test_group_diversity_falls_back_on_a_batch_that_is_no_multiple_of_the_group_size():
+    """6 records for groups of 4: by prompt, a group of 5 and a group of one, which has no sibling to differ from."""
+    records = batch_of([(5, FOUR + [C_ON_BEAT]), (6, [D_ON_BEAT])])
+    values = diversities(records, 4)
+    d_on_beat = (0.5 + 1.0 + 0.25 + 0.5) / 4  # its distances to C_ON_BEAT, C_OFF_BEAT, C_AND_D, C_ON_BEAT
+    assert values[1] == pytest.approx(d_on_beat, abs=1e-12) and values[5] == 0.0
+    assert all("does not split into blocks of 4" in record["errors"][0] for record in records)
+
+
+def test_group_diversity_takes_the_same_text_with_other_prompt_ids_for_another_prompt():
+    records = batch_of([(5, FOUR)])
+    records[3]["prompt_and_completion"] = [1, 99, 7, 8, 9]
+    diversities(records, 4)
+    assert all(record["errors"] for record in records)
+
+
+def test_group_diversity_is_built_from_smarts_constants_through_build_reward_processors():
+    import smart
+
+    config = smart_constants()
+    assert reward_class("group_diversity", config) is GroupDiversityRewardProcessor
+    (default,) = build_reward_processors(["group_diversity"], config)
+    assert default.num_generations == smart.NUM_GENERATIONS == 8
+    (processor,) = build_reward_processors(["group_diversity"], {**config, "NUM_GENERATIONS": 4}, torch.device("cpu"))
+    assert isinstance(processor, GroupDiversityRewardProcessor) and processor.num_generations == 4
+    records = processor(batch_of([(5, FOUR), (6, FOUR[::-1])]))
+    values = [record["normalized_rewards"]["group_diversity"] for record in records]
+    assert values == pytest.approx(HAND + HAND[::-1], abs=1e-12)
+
+
+# --- the original's other decode and render stages --------------------------------------------------------------------
+PIANO = 0  # GM program
+BEAT_NOTES = [(beat, 0.5, 40 + beat, 100) for beat in range(4)]  # four short notes: pitches 40-43
+
+
+class WordTokenizer:
+    """The interface CustomTokenizerToSymusicProcessor expects: ids <-> words, words -> score."""
+
+    words = ["note", "rest"]
+
+    def ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return [self.words[i] for i in ids]
+
+    def tokens_to_midi(self, tokens: list[str]) -> symusic.Score:
+        return make_multitrack_score([(PIANO, False, [(b, 1, 60, 90) for b, t in enumerate(tokens) if t == "note"])])
+
+
+def test_custom_tokenizer_decoder_crops_and_falls_back_to_an_empty_4_4_score():
+    decoder = CustomTokenizerToSymusicProcessor(WordTokenizer(), max_beats=2)
+    good, bad = decoder([{"prompt_and_completion": [0, 1, 0, 0], "errors": []},
+                         {"prompt_and_completion": [0, 7], "errors": []}])
+    assert good["prompt_and_completion_tokens"] == ["note", "rest", "note", "note"]
+    assert good["sm"].note_num() == 1 and good["sm_duration"] == pytest.approx(0.5)  # cropped to 2 beats
+    assert bad["sm"].note_num() == 0 and bad["sm"].ticks_per_quarter == 24 and "IndexError" in bad["errors"][0]
+    assert bad["sm"].time_signatures[0].time == 0 and bad["sm"].tempos[0].qpm == pytest.approx(120)
+
+
+def test_symusic_synth_refuses_at_construction_where_symusic_cannot_render(soundfont):
+    try:
+        symusic.Synthesizer(soundfont, 22050).render(processors.probe_score(), stereo=True)
+    except TypeError:  # symusic 0.6.0, as installed: the synth's audio cannot reach Python
+        with pytest.raises(SymusicSynthUnavailable, match="use TinySoundfontSynthProcessor"):
+            SymusicSynthProcessor(soundfont, 22050, 10)
+    else:
+        assert SymusicSynthProcessor(soundfont, 22050, 10)([]) == []
+
+
+class FakeSynthesizer:
+    """symusic.Synthesizer as 0.5.9 behaves: (2, N) float32, here a ramp of 3 s at every rate."""
+
+    def __init__(self, sf_path: str, sample_rate: int):
+        self.sample_rate = sample_rate
+
+    def render(self, score: symusic.Score, stereo: bool = True) -> np.ndarray:
+        ramp = np.linspace(-0.5, 0.25, 3 * self.sample_rate, dtype=np.float32)
+        return np.stack([ramp, ramp / 2])
+
+
+def test_symusic_synth_cuts_and_divides_by_the_peak_where_the_original_added_1e6(monkeypatch):
+    monkeypatch.setattr(symusic, "Synthesizer", FakeSynthesizer)
+    synth = SymusicSynthProcessor("any.sf2", 100, max_duration_seconds=2)
+    piano = make_multitrack_score([(PIANO, False, BEAT_NOTES)])
+    long, short, empty = synth([{"sm": piano, "sm_duration": 9.0, "errors": []},
+                                {"sm": piano, "sm_duration": 1.5, "errors": []},
+                                {"sm": symusic.Score(12), "sm_duration": 0.0, "errors": []}])
+    assert long["audio"].shape == (2, 200) and short["audio"].shape == (2, 150) and empty["audio"].shape == (2, 100)
+    raw = FakeSynthesizer("", 100).render(piano)[:, :150]
+    np.testing.assert_allclose(short["audio"], raw / (0.5 + 1e-6), rtol=1e-6)
+    assert np.abs(short["audio"]).max() == pytest.approx(1.0, abs=1e-5) and not empty["audio"].any()
+    assert short["audio_duration"] == 1.5 and short["sample_rate"] == 100

@@ -1,4 +1,4 @@
-"""The four prompt sources."""
+"""smart_utils/prompts.py: the four prompt sources."""
 
 import pytest
 

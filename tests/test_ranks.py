@@ -13,11 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import symusic
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from processors import mean_distance_to_others
 from smart_utils import features
 from smart_utils.watch import group_mean_distance
-from test_multiprocess import free_port
 
 STEPS = 2
 

@@ -1,4 +1,6 @@
-"""The render pool: the original method's audio from worker processes, in order, with failures contained."""
+"""smart_utils/render_pool.py: the original method's audio from worker processes, in order, with failures contained;
+as many workers as the CPU quota, the batch, the ranks and the open-file limit allow, and the queued work balanced
+over them."""
 
 import os
 import signal
@@ -12,9 +14,10 @@ import smart
 from bench.original import OriginalTinySoundfontRenderer
 from processors import TinySoundfontSynthProcessor
 from scores import make_score, random_scores
+from smart_utils import render_pool
 from smart_utils.features import score_seconds
 from smart_utils.records import crop_score, score_record
-from smart_utils.render_pool import RenderPool
+from smart_utils.render_pool import RenderPool, cgroup_cpu_limit, default_render_workers
 from smart_utils.rendering import RenderSettings, SoundfontRenderer
 
 SAMPLE_RATE = smart.SAMPLE_RATE
@@ -252,3 +255,67 @@ def test_the_render_settings_reach_the_workers_as_one_value(soundfont):
         results = pool.render_many(jobs)
     assert max(r.shape[1] for r in results) == 2 * 16000
     assert all(np.array_equal(r, e) for r, e in zip(results, expected))
+
+
+# --- how many workers, and the hand-out -------------------------------------------------------------------------------
+@pytest.mark.parametrize("files, quota", [
+    ({"cpu.max": "800000 100000\n"}, 8.0),
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "150000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1.5),
+    ({"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_cgroup_cpu_quota_is_read_from_v2_and_v1_files(tmp_path, files, quota):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_limit(tmp_path) == quota
+
+
+def test_default_workers_mind_quota_batch_ranks_and_open_files(tmp_path, monkeypatch):
+    (tmp_path / "cpu.max").write_text("800000 100000\n")  # a pod limited to 8 CPUs
+    monkeypatch.setattr(render_pool, "available_cores", lambda: 128)  # on a 128-core host
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_render_workers(cgroup_root=tmp_path) == 8
+    assert default_render_workers(batch_size=4, cgroup_root=tmp_path) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert default_render_workers(batch_size=64, cgroup_root=tmp_path) == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setattr(render_pool, "available_cores", lambda: 1000)  # no quota, and more cores than descriptors
+    monkeypatch.setattr(render_pool.resource, "getrlimit", lambda which: (1024, 4096))
+    assert default_render_workers(cgroup_root=tmp_path / "none") == (1024 - render_pool.FDS_RESERVED) // 3
+
+
+class RecordingOutbox:
+    """A worker's job pipe that notes which worker each job went to."""
+
+    def __init__(self, outbox, worker, sent):
+        self.outbox, self.worker, self.sent = outbox, worker, sent
+
+    def send(self, message):
+        if message is not None:
+            self.sent[message[0]] = self.worker
+        self.outbox.send(message)
+
+    def close(self):
+        self.outbox.close()
+
+
+@pytest.mark.parametrize("workers, costs, loads", [
+    (8, [3.0, 9.0, 1.0, 8.0, 2.0, 5.0, 4.0, 7.0], [9.0, 8.0, 7.0, 5.0, 4.0, 3.0, 2.0, 1.0]),  # one job each
+    (4, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [9.0] * 4),  # both slots queued at once: 8+1, 7+2, 6+3, 5+4
+])
+def test_the_hand_out_uses_every_worker_and_balances_the_queued_work(soundfont, workers, costs, loads):
+    score = make_score([(0, 0.5, 60, 80)])
+    jobs = [(score.dumps_midi(), 0.5)] * len(costs)
+    sent: dict[int, int] = {}
+    with RenderPool(RenderSettings(soundfont, SAMPLE_RATE, 10), num_workers=workers) as pool:
+        pool.worker_pids()
+        for index, worker in enumerate(pool._workers):
+            worker.outbox = RecordingOutbox(worker.outbox, index, sent)
+        results = pool.render_many(jobs, costs)
+    assert all(isinstance(result, np.ndarray) for result in results)
+    load = [sum(costs[job] for job, worker in sent.items() if worker == w) for w in range(workers)]
+    largest, second = sorted(range(len(costs)), key=lambda job: -costs[job])[:2]
+    assert sent[largest] != sent[second]
+    assert sorted(load, reverse=True) == loads  # every worker got work, the largest jobs first

@@ -1,5 +1,7 @@
-"""RewardManager: weighted mean of normalised rewards, fallbacks for bad values, per-step artefacts, metrics, and the
-processors' contract (each one's return value is the next one's input)."""
+"""reward_manager.py's RewardManager: weighted mean of normalised rewards, fallbacks for bad values, per-step
+artefacts, metrics, the processors' contract (each one's return value is the next one's input), and a processor that
+raises: a fallback for the records it fails on, or the run stopped when it fails on most of them (a CUDA
+out-of-memory error, say)."""
 
 import math
 import threading
@@ -8,10 +10,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile
+import torch
 
-from processors import Processor
-from reward_manager import ProcessorContractError, RewardManager
+from bench import fuzz_rewards
+from processors import MidiTokToSymusicProcessor, Processor
+from reward_manager import ProcessorContractError, ProcessorFailed, RewardManager
 from scores import make_score
+from smart_utils.tokenizer import default_remi
 
 
 class FixedRewards(Processor):
@@ -165,7 +170,7 @@ def test_a_step_where_no_record_got_a_reward_is_still_logged(tmp_path):
     assert len(rows) == 1 and rows[0]["reward"] == 0.0 and "broken on this record" in rows[0]["errors"]
 
 
-# --- the processors' contract: each one's return value is the next one's input ------------------------------------
+# --- the processors' contract: each one's return value is the next one's input ----------------------------------------
 class ForgetsToReturn(Processor):
     """Adds its reward and forgets ``return records``."""
 
@@ -221,3 +226,66 @@ def test_the_records_a_processor_returns_are_what_the_next_one_and_the_reward_us
     rows = pq.read_table(tmp_path / "rl_logs" / "0" / "logs.parquet").to_pylist()
     assert [row["normalized_rewards"] for row in rows] == [pytest.approx({"a": 0.1, "b": 0.2}),
                                                            pytest.approx({"a": 0.2, "b": 0.4})]
+
+
+# --- a processor that raises: the records it fails on, or the whole run -----------------------------------------------
+REMI = default_remi()
+PROMPT_IDS = [REMI.vocab[t] for t in fuzz_rewards.PROMPT]
+
+
+class RaisesOnShortCompletions(Processor):
+    """A buggy reward: raises on any record whose completion has fewer than 3 tokens."""
+
+    def __call__(self, records):
+        for record in records:
+            if len(record["completion"]) < 3:
+                raise IndexError("completion too short")
+            record["normalized_rewards"]["length"] = 1.0
+        return records
+
+
+def test_a_processor_that_raises_costs_only_the_records_it_fails_on(tmp_path):
+    manager = RewardManager([MidiTokToSymusicProcessor(REMI, False, 100), RaisesOnShortCompletions()],
+                            {"length": 1.0}, tmp_path)
+    rewards = manager(prompts=[""] * 3, completion_ids=[[4, 5, 6], [4], [7, 8, 9]], prompt_ids=[PROMPT_IDS] * 3)
+    assert rewards == [1.0, 0.0, 1.0]
+    errors = pq.read_table(tmp_path / "rl_logs" / "0" / "logs.parquet").column("errors").to_pylist()
+    assert "RaisesOnShortCompletions: IndexError: completion too short" in errors[1]
+    assert "RaisesOnShortCompletions" not in errors[0] + errors[2]
+
+
+class FailsOn(Processor):
+    """Raises ``error`` for the records whose index is in ``failing``; gives the others reward 0.5."""
+
+    def __init__(self, failing, error):
+        self.failing, self.error = set(failing), error
+
+    def __call__(self, records):
+        for record in records:
+            if record["idx"] in self.failing:
+                raise self.error
+            record["normalized_rewards"]["r"] = 0.5
+        return records
+
+
+def call_without_metrics(manager, n):
+    return manager(prompts=["p"] * n, completion_ids=[[5, 6]] * n, prompt_ids=[[1]] * n)
+
+
+@pytest.mark.parametrize("failing, n", [(range(8), 8), (range(5), 8), (range(2), 2)])
+def test_a_processor_failing_on_most_records_stops_the_run(tmp_path, failing, n):
+    error = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+    manager = RewardManager([FailsOn(failing, error)], {"r": 1.0}, tmp_path)
+    with pytest.raises(ProcessorFailed) as raised:
+        call_without_metrics(manager, n)
+    message = str(raised.value)
+    assert f"FailsOn failed on {len(failing)} of {n} records of reward step 0" in message
+    assert "OutOfMemoryError: CUDA out of memory" in message and "--RESUME" in message
+    assert raised.value.__cause__ is error
+
+
+@pytest.mark.parametrize("failing, n", [(range(4), 8), ([3], 8), ([1], 2), ([0], 3)])
+def test_a_few_failing_records_keep_the_per_record_fallback(tmp_path, failing, n):
+    manager = RewardManager([FailsOn(failing, RuntimeError("CUDA error: an illegal memory access"))], {"r": 1.0},
+                            tmp_path)
+    assert call_without_metrics(manager, n) == [0.0 if i in failing else 0.5 for i in range(n)]

@@ -1,4 +1,10 @@
-"""smart.py end to end: defaults, fail-fast errors, and real GRPO steps through the whole reward chain."""
+"""smart.py: its defaults and the GRPO config they make, the offline default run failing fast, the weights' dtype
+warning, remote code off unless asked for, and real GRPO steps through the whole reward chain, with a reward defined
+in a config file too.
+
+The config checks that stop a run are test_preflight.py's; resuming, two processes, the hub path and the trackers
+are test_smart_resume.py's, test_smart_processes.py's, test_smart_hub_path.py's and test_smart_trackers.py's.
+"""
 
 import json
 import os
@@ -10,11 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT
-from processors import reward_problems
+from conftest import ROOT, run_smart, run_smart_in_process
 from smart_utils import soundfont_sources as soundfonts
 from smart_utils.pam_prompts import PROMPT_PAIRS
-from smart_utils.preflight import check_config
 from smart_utils.soundfont_sources import SoundfontNotFound, resolve_soundfont
 
 PAPER_DEFAULTS = dict(
@@ -33,11 +37,6 @@ PAPER_DEFAULTS = dict(
     CLAP_CLF_MODEL="laion/larger_clap_general", PAM_PROMPTS=[dict(p) for p in PROMPT_PAIRS], PAM_TEMPERATURE=0.25,
     PAM_MODEL="laion/larger_clap_general", CLAP_BATCH_SIZE=None,
 )
-
-
-def run_smart(*args, timeout=600):
-    return subprocess.run([sys.executable, "smart.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def smart_defaults():
@@ -77,6 +76,18 @@ def test_grpo_config_follows_the_constants(monkeypatch, tmp_path):
     assert (args.beta, args.loss_type, args.scale_rewards, args.top_k, args.seed) == (0.0, "grpo", "none", 0, 7)
 
 
+def test_bf16_training_of_non_fp32_weights_is_warned(capsys):
+    import smart
+
+    smart.warn_about_weights_dtype("bfloat16", bf16=True)
+    warning = capsys.readouterr().out
+    assert "weights are bfloat16" in warning and "without an fp32 master copy" in warning
+    assert "--FP32_WEIGHTS=True" in warning
+    smart.warn_about_weights_dtype("float32", bf16=True)
+    smart.warn_about_weights_dtype("bfloat16", bf16=False)
+    assert "master copy" not in capsys.readouterr().out
+
+
 def test_default_run_offline_fails_fast_naming_what_it_could_not_fetch():
     result = run_smart("--SOUNDFONT=timgm6mb", timeout=60)
     assert result.returncode != 0
@@ -101,46 +112,6 @@ def test_plain_python_smart_py_offline_fails_fast_with_the_soundfont_and_hub_ids
     except SoundfontNotFound:
         assert "SOUNDFONT: soundfont 'musescore' not found" in result.stderr
         assert "MuseScore_General.sf3 is missing and https://ftp.osuosl.org" in result.stderr
-
-
-@pytest.fixture
-def good_config(tiny_policy, audiobox_checkpoint):
-    import smart
-
-    config = {key: getattr(smart, key) for key in dir(smart) if key.isupper()}
-    config.update(BASE_MODEL_PATH=str(tiny_policy), SOUNDFONT="timgm6mb", AUDIOBOX_CHECKPOINT=str(audiobox_checkpoint))
-    return config
-
-
-@pytest.mark.parametrize(
-    "change, expected",
-    [
-        ({"REWARD_WEIGHTS": {"CEE": 1.0}}, "REWARD_WEIGHTS has ['CEE']"),
-        ({"REWARD_WEIGHTS": {"CE": 0.0}}, "sum to more than 0"),
-        ({"SOUNDFONT": "nonexistent"}, "SOUNDFONT: soundfont 'nonexistent' not found"),
-        ({"BASE_MODEL_PATH": "/no/such/dir"}, "BASE_MODEL_PATH='/no/such/dir' is neither"),
-        ({"AUDIOBOX_CHECKPOINT": "/no/ckpt.pt"}, "AUDIOBOX_CHECKPOINT='/no/ckpt.pt' does not exist"),
-        ({"BATCH_SIZE": 60}, "not divisible by NUM_GENERATIONS=8"),
-        ({"MAX_BEATS": 0}, "MAX_BEATS=0 must be > 0"),
-        ({"SAMPLE_RATE": -1}, "SAMPLE_RATE=-1 must be > 0"),
-        ({"PROMPT_SOURCE": "dataset"}, "PROMPT_MIDI_DIR=None"),
-        ({"PROMPT_SOURCE": "random"}, "PROMPT_SOURCE='random' is not one of"),
-    ],
-)
-def test_the_config_checks_name_the_constant_and_value(good_config, change, expected):
-    """What smart.py checks before anything slow: preflight's check_config, then the rewards' reward_problems."""
-
-    def problems_of(config):
-        return check_config(config) + reward_problems(config["REWARD_WEIGHTS"], config)
-
-    assert problems_of(good_config) == []
-    problems = problems_of({**good_config, **change})
-    assert len(problems) == 1 and expected in problems[0]
-
-
-def test_bad_config_exits_nonzero_naming_the_constant(tiny_policy):
-    result = run_smart(f"--BASE_MODEL_PATH={tiny_policy}", "--SOUNDFONT=timgm6mb", "--BATCH_SIZE=7", timeout=60)
-    assert result.returncode != 0 and "BATCH_SIZE=7" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_two_grpo_steps_through_the_whole_chain(tmp_path, tiny_policy, audiobox_checkpoint):
@@ -231,3 +202,28 @@ def test_a_reward_defined_in_a_config_file_trains_through_smart_py(tmp_path, tin
     assert [entry["step"] for entry in log if "normalized_rewards/my_reward" in entry] == [1, 2]
     assert all("seconds/PitchShareReward" in entry for entry in log if "reward" in entry)
     assert (run_dir / "model.safetensors").is_file()
+
+
+def test_remote_code_is_off_unless_asked_for_policy_and_reference_and_no_pickle_is_loaded(monkeypatch, good_args):
+    """TRUST_REMOTE_CODE reaches both models TRL builds; the safetensors weights load without any torch.load."""
+    import trl.trainer.grpo_trainer as grpo
+
+    calls = []
+    real_create = grpo.create_model_from_path
+
+    def create(model_id, **kwargs):
+        calls.append(kwargs["trust_remote_code"])
+        return real_create(model_id, **kwargs)
+
+    def no_pickles(*args, **kwargs):
+        raise AssertionError(f"torch.load{args} while building the trainer")
+
+    monkeypatch.setattr(grpo, "create_model_from_path", create)
+    monkeypatch.setattr(grpo.GRPOTrainer, "train", lambda self, **kwargs: None)
+    monkeypatch.setattr(torch, "load", no_pickles)
+    for flag in (False, True):
+        output_dir = good_args[3] + str(flag)  # a fresh run directory per run
+        args = good_args + [output_dir, "--BETA=0.04", f"--TRUST_REMOTE_CODE={flag}"]
+        code = run_smart_in_process(monkeypatch, args)
+        assert code == 0  # "stopped at step 0": train() was skipped
+    assert calls == [False, False, True, True]  # policy and reference model, per run

@@ -1,4 +1,5 @@
-"""The listening-study loop end to end, study -> fit -> reward, on simulated listeners with a known taste.
+"""listen.py end to end, the listening-study loop study -> fit -> reward (processors.py's ListenersRewardProcessor),
+on simulated listeners with a known taste.
 
 A small study is built by the real ``listen.py build`` (the shipped ``models/piano-tiny`` answering 10 prompts, and
 a folder of hand-made pieces whose note count and scale consistency vary independently), simulated participants

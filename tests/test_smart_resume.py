@@ -1,5 +1,6 @@
-"""A run killed at any point continues with ``python smart.py --RESUME=<run_dir>``: same final step, reward steps
-numbered on, and no artefact of a completed step rewritten (redone steps' old files move to interrupted/)."""
+"""smart.py end to end, resuming: a run killed at any point continues with ``python smart.py --RESUME=<run_dir>``:
+same final step, reward steps numbered on, and no artefact of a completed step rewritten (redone steps' old files
+move to interrupted/)."""
 
 import hashlib
 import json
@@ -107,22 +108,3 @@ def test_sigkill_then_resume_then_sigterm_then_resume_continues_the_run(tmp_path
     killed = pq.read_table(archive / "rl_logs" / "2" / "logs.parquet").to_pylist()
     assert [row["prompt"] for row in redone] == [row["prompt"] for row in killed]
     assert [row["completion"] for row in redone] == [row["completion"] for row in killed]
-
-
-def test_ctrl_c_and_sigterm_ask_for_a_checkpoint_and_a_stop_after_the_current_step():
-    from transformers import TrainerControl
-
-    from smart_utils.stop_on_signal import StopOnSignal
-
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for sig in handlers:
-            callback = StopOnSignal()
-            control = callback.on_step_end(None, None, TrainerControl())
-            assert not (control.should_save or control.should_training_stop)
-            os.kill(os.getpid(), sig)  # handled (no KeyboardInterrupt), the step goes on
-            control = callback.on_step_end(None, None, TrainerControl())
-            assert control.should_save and control.should_training_stop
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)

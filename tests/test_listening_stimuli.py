@@ -1,5 +1,5 @@
-"""listen.py build: the paper's clip rule with bounded retries, the same prompts and seeds for every system,
-loudness-matched clips under names that do not reveal the system, and a complete manifest."""
+"""listening/stimuli.py (listen.py build): the paper's clip rule with bounded retries, the same prompts and seeds for
+every system, loudness-matched clips under names that do not reveal the system, and a complete manifest."""
 
 from __future__ import annotations
 

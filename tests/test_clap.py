@@ -1,7 +1,7 @@
-"""The CLAP text-audio rewards (processors.py, on smart_utils/clap.py) on a random-weight stand-in CLAP: each equals
-the formula computed here directly with transformers, bad audio gets the logged fallback, the run's constants reach
-the processors, reward discovery and the config checks know the names, and smart.py trains with "clap" from an
-offline HF cache."""
+"""smart_utils/clap.py and the CLAP text-audio rewards on it (processors.py), on a random-weight stand-in CLAP: each
+reward equals the formula computed here directly with transformers, the embeddings stay fp32 under an outer bf16
+autocast, bad audio gets the logged fallback, the run's constants reach the processors, reward discovery and the
+config checks know the names, and smart.py trains with "clap" from an offline HF cache."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from processors import (
     reward_class,
     reward_problems,
 )
-from smart_utils.clap import UNSCORABLE_REWARD
+from smart_utils.clap import UNSCORABLE_REWARD, ClapEmbedder
 from smart_utils.pam_prompts import PROMPT_PAIRS
 from smart_utils.run_record import RECORD_FILE
 
@@ -134,6 +134,26 @@ def test_a_batch_size_cap_scores_in_chunks_with_the_same_result(clap_dir):
     got = [r["normalized_rewards"]["clap"] for r in chunked(records_of(clips()))]
     assert calls == [3, 1]
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def clap_embedder(clap_dir):
+    return ClapEmbedder(48000, str(clap_dir), torch.device("cpu"), batch_size=None)
+
+
+def test_clap_embeddings_stay_fp32_under_bf16_autocast(clap_embedder):
+    rng = np.random.default_rng(0)
+    clips = [clap_embedder.mono_clip({"audio": rng.standard_normal((2, 48000)).astype(np.float32) * 0.1})[0]
+             for _ in range(2)]
+    prompts = ["jazz", "a calm piano piece"]
+    text, audio = clap_embedder.text_embeddings(prompts), clap_embedder.audio_embeddings(clips)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+        text_bf16, audio_bf16 = clap_embedder.text_embeddings(prompts), clap_embedder.audio_embeddings(clips)
+        assert torch.is_autocast_enabled("cpu")  # the outer autocast is back after the embeddings
+    for inside, outside in ((text_bf16, text), (audio_bf16, audio)):
+        assert inside.dtype == torch.float32
+        torch.testing.assert_close(inside, outside, rtol=0, atol=1e-6)
 
 
 BAD_AUDIO = {

@@ -1,5 +1,6 @@
-"""The whole participant flow in a real headless Chromium (Debian's package, driven by Selenium): open the page,
-consent, play every clip to its end, rate it, finish; then the database holds exactly those answers."""
+"""listening/server.py's study page: the whole participant flow in a real headless Chromium (Debian's package, driven by
+Selenium): open the page, consent, play every clip to its end, rate it, finish; then the database holds exactly those
+answers."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The study server over real HTTP on 127.0.0.1: bad input is refused with a 4xx and stores nothing, audio comes
-only from the manifest, the admin view needs its token, participants resume, and 50 concurrent participants
-lose no answer."""
+"""listening/server.py, the study server, over real HTTP on 127.0.0.1: bad input is refused with a 4xx and stores
+nothing, audio comes only from the manifest, the admin view needs its token, participants resume, and 50 concurrent
+participants lose no answer."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Garbage in, finite reward out: any token sequence a model can emit goes through the real reward chain without
-raising, gets a reward in [0, 1], and has its reason logged in the step's parquet ``errors`` column."""
+"""bench/fuzz_rewards.py and what it checks, garbage in, finite reward out: any token sequence a model can emit
+goes through the real reward chain (processors.py, reward_manager.py) without raising, gets a reward in [0, 1], and
+has its reason logged in the step's parquet ``errors`` column; here with hypothesis on 1,024 sequences and
+pathological scores, then the bench itself, with and without the CLAP rewards."""
 
 import math
 
@@ -17,7 +19,6 @@ from processors import (
     FilledBeatsRewardProcessor,
     MidiTokToSymusicProcessor,
     NoteDensityRewardProcessor,
-    Processor,
     ScaleConsistencyReward,
     TinySoundfontSynthProcessor,
 )
@@ -150,27 +151,6 @@ def test_pathological_scores_render_at_most_10_s_and_score_in_bounds(soundfont, 
     audio = records[0]["audio"]
     assert audio.shape[1] <= MAX_AUDIO_DURATION * SAMPLE_RATE and np.isfinite(audio).all()
     assert all(0.0 <= v <= 1.0 for v in records[0]["normalized_rewards"].values())
-
-
-class RaisesOnShortCompletions(Processor):
-    """A buggy reward: raises on any record whose completion has fewer than 3 tokens."""
-
-    def __call__(self, records):
-        for record in records:
-            if len(record["completion"]) < 3:
-                raise IndexError("completion too short")
-            record["normalized_rewards"]["length"] = 1.0
-        return records
-
-
-def test_a_processor_that_raises_costs_only_the_records_it_fails_on(tmp_path):
-    manager = RewardManager([MidiTokToSymusicProcessor(REMI, False, 100), RaisesOnShortCompletions()],
-                            {"length": 1.0}, tmp_path)
-    rewards = manager(prompts=[""] * 3, completion_ids=[[4, 5, 6], [4], [7, 8, 9]], prompt_ids=[PROMPT_IDS] * 3)
-    assert rewards == [1.0, 0.0, 1.0]
-    errors = pq.read_table(tmp_path / "rl_logs" / "0" / "logs.parquet").column("errors").to_pylist()
-    assert "RaisesOnShortCompletions: IndexError: completion too short" in errors[1]
-    assert "RaisesOnShortCompletions" not in errors[0] + errors[2]
 
 
 def test_the_fuzz_bench_runs_and_reports_zero_failures(capsys):

@@ -204,7 +204,7 @@ def test_normalised_maps_the_rating_scale_onto_0_1(planted: tuple[FitResult, dic
 
 
 def test_damaged_models_are_refused_with_advice(planted: tuple[FitResult, dict], tmp_path: Path):
-    with pytest.raises(FitError, match="not found: fit a reward first"):
+    with pytest.raises(FitError, match="not found: fit one first: python listen.py fit"):
         load_model(tmp_path / "nothing")
     folder = save_model(planted[0].model, tmp_path / "reward")
     path = folder / MODEL_FILE

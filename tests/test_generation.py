@@ -1,18 +1,15 @@
-"""generate.py: seeded sampling from a tiny random model, the files it writes, and which model a path stands for."""
+"""smart_utils/generation.py, the sampling behind generate.py: seeded pieces from a tiny random model, the MIDI,
+WAV and prompt files it writes."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
-import pytest
 import soundfile
 import symusic
 
 import smart
 from smart_utils.generation import GenerationSettings, generate_pieces, read_samples_csv
-from smart_utils.model_paths import resolve_model_dir
 from smart_utils.prompts import build_prompts
 from smart_utils.rendering import RenderSettings
 from smart_utils.soundfont_sources import resolve_soundfont
@@ -45,16 +42,3 @@ def test_render_settings_add_a_wav_per_piece(tiny_policy: Path, tmp_path: Path):
         audio, rate = soundfile.read(path.with_suffix(".wav"))
         assert rate == smart.SAMPLE_RATE and audio.shape[1] == 2
         assert len(audio) <= smart.MAX_AUDIO_DURATION * smart.SAMPLE_RATE
-
-
-def test_a_run_folder_stands_for_its_final_model_or_latest_checkpoint(tiny_policy: Path, tmp_path: Path):
-    run = tmp_path / "run"
-    for step in (2, 10, 20):
-        shutil.copytree(tiny_policy, run / f"checkpoint-{step}")
-    for step in (2, 10):  # the Trainer writes trainer_state.json last: checkpoint-20 was cut short
-        (run / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    assert resolve_model_dir(run) == run / "checkpoint-10"
-    shutil.copy(tiny_policy / "model.safetensors", run / "model.safetensors")
-    assert resolve_model_dir(run) == run
-    with pytest.raises(FileNotFoundError):
-        resolve_model_dir(tmp_path / "empty")

@@ -1,5 +1,6 @@
-"""listen.py analyse on synthetic responses with a known answer: a planted +2 is found, a null difference is not,
-repeats give the consistency table, and the human ratings agree with a score built to agree with them."""
+"""listening/analysis.py (listen.py analyse) on synthetic responses with a known answer: a planted +2 is found, a null
+difference is not, repeats give the consistency table, and the human ratings agree with a score built to agree with
+them."""
 
 from __future__ import annotations
 

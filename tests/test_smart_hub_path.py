@@ -1,6 +1,7 @@
-"""The paper's own path: smart.py's hub defaults (lucacasini/metamidipianophi3_4L, facebook/audiobox-aesthetics),
-loaded by the real hub code from a pre-filled Hugging Face cache with HF_HUB_OFFLINE=1, through the whole chain,
-and the run folder records what was used."""
+"""smart.py end to end on the paper's own path: its hub defaults (lucacasini/metamidipianophi3_4L,
+facebook/audiobox-aesthetics), loaded by the real hub code from a pre-filled Hugging Face cache with HF_HUB_OFFLINE=1,
+through the whole chain, and the run folder records what was used; compare_runs.py compares two such folders, and
+generate.py and evaluation.py take the hub id too."""
 
 from __future__ import annotations
 

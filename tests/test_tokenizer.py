@@ -1,4 +1,5 @@
-"""The token bridge: HF tokenizer ids must be exactly the miditok ids, through save and load."""
+"""smart_utils/tokenizer.py, the token bridge: HF tokenizer ids must be exactly the miditok ids, through save and
+load."""
 
 from smart_utils.tokenizer import MIDITOK_FILE, bridge_tokenizer, default_remi, load_tokenizers
 
