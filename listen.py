@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser("fit", help="fit a reward model on the collected ratings")
     fit.add_argument("study", help="a study folder with manifest.json and responses.sqlite")
-    fit.add_argument("--out", required=True, help="folder for reward_model.json and report.md")
+    fit.add_argument("--out", required=True, help="folder for reward_model.json and summary.md")
     fit.add_argument("--features", nargs="+", default=["midi", "rewards", "audiobox"],
                      help="feature groups: midi (the paper's MIDI features), rewards (the weight-free rewards), "
                           "audiobox (the axes, where the study was built with --audiobox); default all")

@@ -37,7 +37,7 @@ small and the numbers reported about it are the ones that would hold on new prom
   than MIN_PROMPTS prompts (no three-fold cross-validation over prompts is possible).
 
 The model is saved as JSON (``reward_model.json``, never a pickle: it holds numbers only and any tool reads it)
-beside a human summary (``report.md``).
+beside a human summary (``summary.md``).
 """
 
 from __future__ import annotations
@@ -55,24 +55,16 @@ import numpy as np
 import symusic
 from scipy.stats import spearmanr
 
-from listening.study import DATABASE, MANIFEST
+from listening.server import ResponseStore
+from listening.study import DATABASE, MANIFEST, load_manifest
 from smart_utils import features
 from smart_utils.features import AES_AXES
-
-# The study folder's files and the names read from them (the study server's SQLite schema, the build's manifest).
-ANSWERS_TABLE = "answers"
-PARTICIPANT_COLUMN = "participant_id"
-POSITION_COLUMN = "position"
-CLIP_COLUMN = "clip_id"
-RATING_COLUMN = "rating"
-MANIFEST_CLIPS = "clips"
-CLIP_ID_KEY = "id"
-CLIP_PROMPT_KEY = "prompt_index"
+from smart_utils.files import write_text_atomically
 
 RATING_MIN, RATING_MAX = 1, 10  # the study's question is answered on a 1-10 scale
 
 MODEL_FILE = "reward_model.json"
-REPORT_FILE = "report.md"
+REPORT_FILE = "summary.md"  # the human summary, named as evaluation.py's and listen.py analyse's are
 FORMAT = "smart-listening-reward"
 VERSION = 1
 
@@ -113,36 +105,39 @@ class ClipTarget:
 
 
 def stored_ratings(study_dir: str | Path) -> list[Rating]:
-    """Every stored answer (repeated clips included: a repeat is one more judgement of the clip)."""
+    """Every stored answer (repeated clips included: a repeat is one more judgement of the clip), read through the
+    study server's own store, in participant and position order."""
     path = Path(study_dir) / DATABASE
     if not path.is_file():
         raise FitError(f"{path} not found: collect ratings first with python listen.py serve {study_dir}")
-    query = (f"SELECT {PARTICIPANT_COLUMN}, {CLIP_COLUMN}, {RATING_COLUMN} FROM {ANSWERS_TABLE} "
-             f"ORDER BY {PARTICIPANT_COLUMN}, {POSITION_COLUMN}")
     try:
-        db = sqlite3.connect(path)
-        try:
-            rows = db.execute(query).fetchall()
-        finally:
-            db.close()
+        answers = ResponseStore(path).answers()
     except sqlite3.DatabaseError as error:
         raise FitError(f"{path} is not a study's response database ({error})") from error
-    if not rows:
+    if not answers:
         raise FitError(f"{path} holds no ratings yet: collect some with python listen.py serve {study_dir}")
-    return [Rating(str(participant), str(clip), int(rating)) for participant, clip, rating in rows]
+    answers.sort(key=lambda answer: (answer["participant_id"], answer["position"]))
+    return [Rating(str(a["participant_id"]), str(a["clip_id"]), int(a["rating"])) for a in answers]
+
+
+def manifest_clips(study_dir: str | Path) -> list[dict[str, Any]]:
+    """The clips of the study's manifest (``listening.study.load_manifest``), or FitError saying what to do."""
+    try:
+        return list(load_manifest(study_dir)["clips"])
+    except FileNotFoundError as error:
+        raise FitError(str(error)) from error
+    except (ValueError, KeyError, TypeError) as error:
+        path = Path(study_dir) / MANIFEST
+        raise FitError(f"{path} is not a study manifest ({error!r}): rebuild the study") from error
 
 
 def read_prompts(study_dir: str | Path) -> dict[str, int]:
     """clip id -> the index of the prompt it answers, from the study's manifest."""
-    path = Path(study_dir) / MANIFEST
-    if not path.is_file():
-        raise FitError(f"{path} not found: build the study first with python listen.py build ... --out {study_dir}")
     try:
-        clips = json.loads(path.read_text())[MANIFEST_CLIPS]
-        return {str(clip[CLIP_ID_KEY]): int(clip[CLIP_PROMPT_KEY]) for clip in clips}
-    except (ValueError, KeyError, TypeError) as error:
-        raise FitError(f"{path} is not a study manifest with clip ids and prompt indices ({error!r}): "
-                       f"rebuild the study") from error
+        return {str(clip["id"]): int(clip["prompt_index"]) for clip in manifest_clips(study_dir)}
+    except (KeyError, TypeError, ValueError) as error:
+        raise FitError(f"{Path(study_dir) / MANIFEST} has clips without an id or prompt index ({error!r}): "
+                       "rebuild the study") from error
 
 
 def remove_participant_offsets(ratings: Sequence[Rating]) -> dict[str, ClipTarget]:
@@ -564,19 +559,12 @@ def report_markdown(model: RewardModel) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write through a temporary file and rename, so that an interrupted save never leaves half a model."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
-
-
 def save_model(model: RewardModel, out_dir: str | Path) -> Path:
-    """Write ``reward_model.json`` (strict JSON, no NaN) and ``report.md`` into ``out_dir``; returns the folder."""
+    """Write ``reward_model.json`` (strict JSON, no NaN) and ``summary.md`` into ``out_dir``; returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomically(out / MODEL_FILE, json.dumps(model_payload(model), indent=1, allow_nan=False) + "\n")
-    write_atomically(out / REPORT_FILE, report_markdown(model))
+    write_text_atomically(out / MODEL_FILE, json.dumps(model_payload(model), indent=1, allow_nan=False) + "\n")
+    write_text_atomically(out / REPORT_FILE, report_markdown(model))
     return out
 
 
@@ -686,11 +674,5 @@ def study_features(study_dir: str | Path, groups: Sequence[str] = FEATURE_GROUPS
     if unknown:
         raise FitError(f"unknown feature groups {unknown}; choose from {list(FEATURE_GROUPS)}")
     study = Path(study_dir)
-    manifest = study / MANIFEST
-    try:
-        clips = json.loads(manifest.read_text())[MANIFEST_CLIPS]
-    except (OSError, ValueError, KeyError) as error:
-        raise FitError(f"{manifest} cannot be read ({error!r}): build the study with python listen.py build") from error
-    return {str(clip[CLIP_ID_KEY]): clip_features(symusic.Score(str(study / clip["midi"])), clip.get("scores", {}),
-                                                  groups)
-            for clip in clips}
+    return {str(clip["id"]): clip_features(symusic.Score(str(study / clip["midi"])), clip.get("scores", {}), groups)
+            for clip in manifest_clips(study)}

@@ -38,8 +38,13 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     soundfile.write(path, np.asarray(audio).T, sample_rate, subtype="PCM_16")
 
 
-def write_json_atomically(path: Path, payload: Any) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
     """Write through a temporary file and rename, so that an interrupted write never leaves half a file."""
     partial = path.with_suffix(path.suffix + ".partial")
-    partial.write_text(json.dumps(payload, indent=1, default=float, allow_nan=True))
+    partial.write_text(text)
     partial.replace(path)
+
+
+def write_json_atomically(path: Path, payload: Any) -> None:
+    """``payload`` as JSON (NaN allowed, numpy numbers as floats), written by ``write_text_atomically``."""
+    write_text_atomically(path, json.dumps(payload, indent=1, default=float, allow_nan=True))
