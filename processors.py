@@ -394,9 +394,10 @@ class SymusicSynthProcessor(Processor):
 
 class SoundfontEnsembleProcessor(Processor):
     """Audio rewards that do not hang on one soundfont: every record is rendered with each of ``synths`` (label ->
-    synth; the first is the one the chain already rendered with, whose audio the record keeps), each of
-    ``audio_rewards`` scores every rendering, and each reward is combined across soundfonts (``combine``: "mean" or
-    "min"). The per-soundfont values are logged beside it as ``<reward>@<label>`` (e.g. ``CE@fluidr3``).
+    synth, or None for the rendering the record already carries, whose audio it keeps), each of ``audio_rewards``
+    scores every rendering, and each reward is combined across soundfonts (``combine``: "mean" or "min"). The
+    per-soundfont values are logged beside it as ``<reward>@<label>`` (e.g. ``CE@fluidr3``). The record gains the
+    first rendering's other fields (``aes_scores``, ...).
 
     The paper found the soundfont alone moves Audiobox's score by about 1.3 points of 10 on the same MIDI; a
     reward averaged (or, more strictly, minimised) over several soundfonts rewards the music rather than its
@@ -405,14 +406,14 @@ class SoundfontEnsembleProcessor(Processor):
 
     COMBINE = {"mean": np.mean, "min": np.min}
 
-    def __init__(self, synths: Mapping[str, Processor], audio_rewards: Sequence[Processor], combine: str = "mean"):
+    def __init__(self, synths: Mapping[str, Processor | None], audio_rewards: Sequence[Processor],
+                 combine: str = "mean"):
         if combine not in self.COMBINE:
             raise ValueError(f"combine={combine!r}: give one of {sorted(self.COMBINE)}")
         self.synths, self.audio_rewards, self.combine = dict(synths), list(audio_rewards), combine
 
     def __call__(self, records: list[Record]) -> list[Record]:
-        scored = {label: rendering_rewards(records, self.audio_rewards, synth if k else None)
-                  for k, (label, synth) in enumerate(self.synths.items())}
+        scored = {label: rendering_rewards(records, self.audio_rewards, synth) for label, synth in self.synths.items()}
         first = next(iter(scored.values()))
         for k, record in enumerate(records):
             record.update({key: value for key, value in first[k].items()

@@ -265,19 +265,19 @@ if __name__ == "__main__":
     main_synth = synth(soundfont_path)
     rewards = build_reward_processors(list(REWARD_WEIGHTS), config, device)
     audio_rewards = [processor for processor in rewards if processor.READS_AUDIO]
-    if len(soundfonts) > 1 and audio_rewards:
-        synths = {label: main_synth if k == 0 else synth(path) for k, (label, path) in enumerate(soundfonts.items())}
+    if len(soundfonts) > 1 and audio_rewards:  # the first is main_synth's rendering, which the records carry
+        synths = {label: None if k == 0 else synth(path) for k, (label, path) in enumerate(soundfonts.items())}
         rewards = [p for p in rewards if not p.READS_AUDIO] + [
             SoundfontEnsembleProcessor(synths, audio_rewards, SOUNDFONT_COMBINE)]
 
     # --- the watch: held-out judges, held-out soundfonts, diversity; logged every WATCH_INTERVAL steps ------------
-    judges = [cls for cls in reward_classes(WATCH_REWARDS, config) if cls not in {type(p) for p in rewards}]
+    in_chain = {type(p) for p in [*rewards, *audio_rewards]}  # their rewards are in the records already
+    judges = [cls for cls in reward_classes(WATCH_REWARDS, config) if cls not in in_chain]
     watch_processors = [build_processor(cls, config, device) for cls in judges]
     held_out = {soundfont_label(name): resolve_soundfont(name) for name in WATCH_SOUNDFONTS}
-    if held_out and audio_rewards:
-        main_label = next(iter(soundfonts))
+    if held_out and audio_rewards:  # only the held-out renderings: the chain has scored its own already
         watch_processors.append(SoundfontEnsembleProcessor(
-            {main_label: main_synth, **{label: synth(path) for label, path in held_out.items()}}, audio_rewards))
+            {label: synth(path) for label, path in held_out.items()}, audio_rewards))
     watch = Watch(
         watch_processors, trained=list(REWARD_WEIGHTS), judges=WATCH_REWARDS, num_generations=NUM_GENERATIONS,
         interval=WATCH_INTERVAL, diversity=WATCH_DIVERSITY,
