@@ -136,14 +136,19 @@ def missing_constants(cls: type[Processor], constants: Mapping[str, Any]) -> lis
     ]
 
 
+def missing_constants_problem(cls: type[Processor], missing: Sequence[str]) -> str:
+    """What to do about constructor parameters that no constant supplies."""
+    return (f"{cls.__qualname__}'s parameters {list(missing)} match no constant: add "
+            f"{', '.join(name.upper() for name in missing)} to smart.py, or give them defaults")
+
+
 def build_processor(cls: type[Processor], constants: Mapping[str, Any], device: torch.device | None = None
                     ) -> Processor:
     """``cls`` built for a run: each constructor parameter from the constant of its name in upper case
     (``max_audio_duration`` <- ``MAX_AUDIO_DURATION``), ``device`` from the run, the rest left to its default."""
     missing = missing_constants(cls, constants)
     if missing:
-        raise TypeError(f"{cls.__qualname__} needs {missing}, which no constant supplies: add "
-                        f"{', '.join(name.upper() for name in missing)} to smart.py, or give them defaults")
+        raise TypeError(missing_constants_problem(cls, missing))
     run = {"device": device}
     kwargs = {
         name: run[name] if name in RUN_CONTEXT else constants[name.upper()]
@@ -192,8 +197,7 @@ def reward_problems(reward_weights: Mapping[str, float], constants: Mapping[str,
     for cls in classes:
         missing = missing_constants(cls, constants)
         if missing:
-            problems.append(f"{cls.__qualname__}'s parameters {missing} match no constant: add "
-                            f"{', '.join(n.upper() for n in missing)} to smart.py, or give them defaults")
+            problems.append(missing_constants_problem(cls, missing))
         problems += cls.problems(constants)
     if any(w < 0 for w in reward_weights.values()) or sum(reward_weights.values()) <= 0:
         problems.append(f"{setting}={dict(reward_weights)!r}: weights must be >= 0 and sum to more than 0")
