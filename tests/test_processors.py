@@ -378,44 +378,40 @@ def test_symusic_synth_cuts_and_divides_by_the_peak_where_the_original_added_1e6
     assert short["audio_duration"] == 1.5 and short["sample_rate"] == 100
 
 
-class ScaledSynth(Processor):
-    """A stand-in renderer: the record's score as audio of a loudness of its own, one per soundfont."""
-
-    def __init__(self, level: float):
-        self.level = level
-
-    def __call__(self, records):
-        for record in records:
-            record["audio"] = np.full((2, 100), self.level, dtype=np.float32)
-            record["sample_rate"] = SAMPLE_RATE
-        return records
-
-
-class LoudnessRewardProcessor(Processor):
-    """A stand-in audio reward: the clip's mean absolute amplitude."""
-
-    REWARDS = ("loudness",)
-    READS_AUDIO = True
-
-    def __call__(self, records):
-        for record in records:
-            record["normalized_rewards"]["loudness"] = float(np.abs(record["audio"]).mean())
-        return records
-
 
 def test_a_soundfont_ensemble_combines_each_audio_reward_and_logs_every_soundfonts_value():
+    class ScaledSynth(Processor):  # a stand-in renderer: audio of a loudness of its own, one per soundfont
+        def __init__(self, level: float):
+            self.level = level
+
+        def __call__(self, records):
+            for record in records:
+                record["audio"] = np.full((2, 100), self.level, dtype=np.float32)
+                record["sample_rate"] = SAMPLE_RATE
+            return records
+
+    class LoudnessRewardProcessor(Processor):  # a stand-in audio reward (a name no other test uses)
+        REWARDS = ("stand_in_loudness",)
+        READS_AUDIO = True
+
+        def __call__(self, records):
+            for record in records:
+                record["normalized_rewards"]["stand_in_loudness"] = float(np.abs(record["audio"]).mean())
+            return records
+
     records = ScaledSynth(0.2)(records_of([make_score([(0, 1, 60, 80)])] * 2))  # the chain's own rendering
     synths = {"main": None, "bright": ScaledSynth(0.6)}
     mean = SoundfontEnsembleProcessor(synths, [LoudnessRewardProcessor()])(
         [{**r, "normalized_rewards": {}, "errors": []} for r in records])
-    assert [r["normalized_rewards"] for r in mean] == [
-        pytest.approx({"loudness": 0.4, "loudness@main": 0.2, "loudness@bright": 0.6})] * 2
+    assert [r["normalized_rewards"] for r in mean] == [pytest.approx(
+        {"stand_in_loudness": 0.4, "stand_in_loudness@main": 0.2, "stand_in_loudness@bright": 0.6})] * 2
     assert all(float(r["audio"].mean()) == pytest.approx(0.2) for r in mean)  # the records keep their own audio
     lowest = SoundfontEnsembleProcessor(synths, [LoudnessRewardProcessor()], "min")(records)
-    assert [r["normalized_rewards"]["loudness"] for r in lowest] == pytest.approx([0.2, 0.2])
+    assert [r["normalized_rewards"]["stand_in_loudness"] for r in lowest] == pytest.approx([0.2, 0.2])
     held_out = SoundfontEnsembleProcessor({"bright": ScaledSynth(0.6)}, [LoudnessRewardProcessor()])(
         [{**r, "normalized_rewards": {}, "errors": []} for r in records])
     # held-out soundfonts alone (the watch): each one rendered, and the records' own rendering not scored again
-    assert held_out[0]["normalized_rewards"] == pytest.approx({"loudness": 0.6, "loudness@bright": 0.6})
+    assert held_out[0]["normalized_rewards"] == pytest.approx({"stand_in_loudness": 0.6,
+                                                               "stand_in_loudness@bright": 0.6})
     with pytest.raises(ValueError, match="combine"):
         SoundfontEnsembleProcessor(synths, [LoudnessRewardProcessor()], "median")
